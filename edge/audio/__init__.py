@@ -1,0 +1,1 @@
+"""Audio: load/resample (io), silence trimming (vad), YAMNet log-mel patches (features)."""

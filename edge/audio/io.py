@@ -1,0 +1,94 @@
+"""Load any audio file (wav, flac, mp3, the audio track of a video) as 16 kHz mono float32.
+
+Decoding is PyAV (FFmpeg), resampling soxr (VHQ); channels are averaged to mono.
+
+    wave = load_audio("03-01-05-02-01-02-12.wav")   # (n,) float32 in [-1, 1] at 16 kHz
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from edge.params import Params
+
+log = logging.getLogger(__name__)
+
+
+class AudioError(ValueError):
+    """An audio file is missing, unreadable, empty or holds non-finite samples."""
+
+
+def resample(wave: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """(n,) or (n, channels) float -> resampled float32 with soxr VHQ."""
+    if rate_in == rate_out:
+        return wave.astype(np.float32, copy=False)
+    import soxr
+    return soxr.resample(wave.astype(np.float32, copy=False), rate_in, rate_out, quality="VHQ").astype(np.float32)
+
+
+def to_mono(wave: np.ndarray) -> np.ndarray:
+    """(n, channels) -> (n,) by averaging channels."""
+    return wave if wave.ndim == 1 else wave.mean(axis=1, dtype=np.float32)
+
+
+def decode_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """Decode the first audio stream: returns ((n, channels) float32, sample_rate)."""
+    import av
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file (0 bytes)")
+    chunks: list[np.ndarray] = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise AudioError(f"{path}: no audio track")
+            stream = container.streams.audio[0]
+            rate = int(stream.codec_context.sample_rate or stream.rate or 0)
+            for frame in container.decode(stream):
+                a = frame.to_ndarray()
+                n_ch = len(frame.layout.channels)
+                if frame.format.is_planar:
+                    a = a.T                                   # (channels, n) -> (n, channels)
+                else:
+                    a = a.reshape(-1, n_ch)                   # interleaved (1, n*ch) -> (n, ch)
+                a = _to_float(a)
+                chunks.append(a)
+                rate = frame.sample_rate or rate
+    except AudioError:
+        raise
+    except (av.error.FFmpegError, ValueError, OSError) as e:
+        raise AudioError(f"{path}: cannot decode audio ({e})") from e
+    if not chunks or sum(len(c) for c in chunks) == 0:
+        raise AudioError(f"{path}: no audio samples decoded")
+    if rate <= 0:
+        raise AudioError(f"{path}: unknown sample rate")
+    return np.concatenate(chunks, axis=0), rate
+
+
+def _to_float(a: np.ndarray) -> np.ndarray:
+    if a.dtype == np.int16:
+        return a.astype(np.float32) / 32768.0
+    if a.dtype == np.int32:
+        return a.astype(np.float32) / 2147483648.0
+    if a.dtype == np.uint8:
+        return (a.astype(np.float32) - 128.0) / 128.0
+    return a.astype(np.float32, copy=False)
+
+
+def load_audio(path: str | Path, p: Params = Params()) -> np.ndarray:
+    """Any file, any rate, any channel count -> (n,) float32 mono at p.sample_rate.
+
+    Raises AudioError naming the file for missing, empty, corrupt or non-finite input.
+    """
+    wave, rate = decode_audio(path)
+    if not np.all(np.isfinite(wave)):
+        raise AudioError(f"{path}: holds NaN or infinite samples")
+    mono = to_mono(wave)
+    out = resample(mono, rate, p.sample_rate)
+    log.debug("%s: %d Hz x %d ch, %.2f s -> %d samples at %d Hz",
+              path, rate, wave.shape[1], len(mono) / rate, len(out), p.sample_rate)
+    return out

@@ -1,0 +1,35 @@
+"""Inference backends behind one small interface.
+
+    model = load_model("edge/models/mtcnn_pnet.tflite", backend="litert", threads=1)
+    outputs = model.predict({"input": x})   # -> dict[str, np.ndarray]
+
+One backend, one file. Imports are lazy, with an actionable error when a runtime is missing.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+
+class ModelError(RuntimeError):
+    """A model file is missing, corrupt, or its runtime is not installed."""
+
+
+class Backend(Protocol):
+    input_names: list[str]
+    output_names: list[str]
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+def load_model(path: str | Path, backend: str = "litert", threads: int = 1, **kwargs) -> Backend:
+    """Load a model file with the named backend (``litert`` for .tflite)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    if backend == "litert":
+        from edge.runtime.litert import LiteRTModel
+        return LiteRTModel(path, threads=threads, **kwargs)
+    raise ModelError(f"unknown backend {backend!r} for {path} (known: litert)")

@@ -1,0 +1,73 @@
+"""RAVDESS names, the index, folds, voting; a hypothesis fuzz of the name parser."""
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge.params import Params
+from training.ravdess import RavdessNameError, index_speech, parse_name
+from training.speech import choose_val_actors, vote
+
+
+def test_parse_valid_names():
+    n = parse_name("Actor_12/03-01-05-02-01-02-12.flac")
+    assert (n.modality, n.emotion, n.intensity, n.actor, n.label) == (3, 5, 2, 12, 4)
+    assert n.clip_key == parse_name("01-01-05-02-01-02-12.mp4").clip_key   # speech <-> AV video pairing
+
+
+@pytest.mark.parametrize("name", ["03-01-09-01-01-01-01.flac", "03-01-05-01-01-01-25.flac", "03-01-01-02-01-01-01.wav",
+                                  "04-01-05-01-01-01-01.flac", "03-01-05-01-01-01.flac", "notes.flac",
+                                  "03-01-05-01-01-01-1a.flac", ""])
+def test_bad_names_are_refused_with_the_name(name):
+    with pytest.raises(RavdessNameError) as e:
+        parse_name(name)
+    assert name in str(e.value)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(max_size=40))
+def test_fuzz_parser_only_raises_its_own_error(s):
+    try:
+        n = parse_name(s)
+    except RavdessNameError:
+        return
+    assert 1 <= n.emotion <= 8 and 1 <= n.actor <= 24
+
+
+def test_index_skips_and_counts_bad_names(tmp_path, ravdess_speech):
+    src = sorted((ravdess_speech / "Actor_01").glob("*.flac"))[:3]
+    d = tmp_path / "Actor_01"
+    d.mkdir()
+    for f in src:
+        os.symlink(f, d / f.name)
+    (d / "03-01-09-01-01-01-01.flac").write_bytes(b"x")     # emotion 09 does not exist
+    (d / "readme.txt").write_text("not audio")               # ignored: not an audio extension
+    clips, skipped = index_speech(tmp_path)
+    assert len(clips) == 3 and len(skipped) == 1 and "03-01-09" in skipped[0]
+    (d / "03-01-05-01-01-01-02.flac").symlink_to(src[0])    # actor 02 in Actor_01
+    with pytest.raises(RavdessNameError, match="folder"):
+        index_speech(tmp_path)
+
+
+def test_index_of_the_real_corpus(ravdess_speech):
+    clips, skipped = index_speech(ravdess_speech)
+    assert len(clips) == 1440 and not skipped
+    p = Params()
+    for fold in p.folds:
+        assert sum(c.actor in fold for c in clips) == 360
+    assert np.bincount([c.label for c in clips]).tolist() == [96] + [192] * 7
+
+
+def test_vote_majority_and_ties():
+    probs = np.array([[0.6, 0.4, 0], [0.6, 0.4, 0], [0.1, 0.9, 0],      # clip 0: class 0 by 2 votes to 1
+                      [0.55, 0.45, 0], [0.1, 0.9, 0]])                  # clip 1: tie 1-1 -> summed probs: class 1
+    ids, pred = vote(probs, np.array([0, 0, 0, 1, 1]))
+    assert ids.tolist() == [0, 1] and pred.tolist() == [0, 1]
+
+
+def test_validation_actors_come_from_training_actors():
+    train = [a for a in range(1, 25) if a not in Params().folds[0]]
+    val = choose_val_actors(train, 4, seed=3)
+    assert set(val) <= set(train) and sum(a % 2 for a in val) == 2

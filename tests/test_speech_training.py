@@ -1,0 +1,42 @@
+"""A reduced actor-independent run that must learn: >= 35% clip accuracy on 6 unseen actors (chance 12.5%)."""
+import numpy as np
+import pytest
+
+from edge.params import Params
+
+pytest.importorskip("keras")
+
+
+@pytest.fixture(scope="module")
+def reduced_run(ravdess_speech, yamnet_tflite, tmp_path_factory):
+    from training.speech import SpeechRecipe
+    from training.speech_cv import prepare, run_cv
+    recipe = SpeechRecipe(epochs=8, patches_per_clip=3, val_actors=2, patience=8, train_hop_frames=16)
+    cache = tmp_path_factory.mktemp("cache")
+    prep = prepare(ravdess_speech, str(yamnet_tflite), recipe, Params(), cache=cache, progress=False)
+    return prep, run_cv(prep, recipe, Params(), folds=[0], progress=False)
+
+
+def test_reduced_cv_learns_on_held_out_actors(reduced_run):
+    prep, res = reduced_run
+    fold = res["folds"][0]
+    assert fold["test_actors"] == [1, 2, 3, 4, 5, 6]
+    assert fold["n_test_clips"] == 360
+    assert fold["clip_accuracy"] >= 0.35, fold
+    assert not set(fold["val_actors"]) & set(fold["test_actors"])
+    assert res["params"] <= 500_000
+
+
+def test_report_files(reduced_run, tmp_path):
+    from training.speech_cv import write_reports
+    _, res = reduced_run
+    write_reports(res, tmp_path, command="edge-train speech --folds 0")
+    import json
+    j = json.loads((tmp_path / "speech_cv.json").read_text())
+    for key in ("folds", "mean_clip_accuracy", "std_clip_accuracy", "params", "patches_per_clip"):
+        assert key in j
+    assert set(j["patches_per_clip"]) >= {"mean", "min", "max"}
+    assert (tmp_path / "speech_confusion.png").stat().st_size > 10_000
+    assert "Mean clip accuracy" in (tmp_path / "speech.md").read_text()
+    cm = np.array(j["confusion"])
+    assert cm.shape == (8, 8) and cm.sum() == 360

@@ -1,0 +1,159 @@
+"""edge-train: train and evaluate the models.
+
+    edge-train speech --data ../shared/data/ravdess/speech16k --yamnet ../shared/weights/yamnet/yamnet.tflite
+    edge-train speech --folds 0 --set epochs=5          # a quick single-fold run
+    edge-train speech --ablation                        # the ablation table in reports/speech.md
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("edge-train")
+
+
+def _recipe_overrides(pairs: list[str]) -> dict:
+    from training.speech import SpeechRecipe
+    fields = {f.name: f for f in dataclasses.fields(SpeechRecipe)}
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"--set expects key=value, got {pair!r}")
+        k, v = pair.split("=", 1)
+        if k not in fields:
+            raise SystemExit(f"--set: unknown recipe field {k!r} (known: {', '.join(fields)})")
+        default = getattr(SpeechRecipe(), k)
+        if isinstance(default, tuple):
+            out[k] = tuple(int(x) for x in v.split(",") if x)
+        elif isinstance(default, bool):
+            out[k] = v.lower() in ("1", "true", "yes")
+        else:
+            out[k] = type(default)(v)
+    return out
+
+
+# Ablation variants: (name, what changes vs the recipe, overrides). Each runs the same folds.
+ABLATION = (
+    ("naive", "no speaker normalisation, no augmentation (patch model + vote)",
+     dict(logmel_norm="none", feature_norm="global", time_masks=0, freq_masks=0, mixup_alpha=0.0, noise_std=0.0)),
+    ("no-speaker-norm", "recipe without per-actor normalisation (global standardisation only)",
+     dict(logmel_norm="none", feature_norm="global")),
+    ("clip-cmn", "per-clip log-mel mean removal instead of per-actor (device-friendly, no speaker stats)",
+     dict(logmel_norm="clip", feature_norm="global")),
+    ("no-augment", "recipe without SpecAugment, mixup and noise",
+     dict(time_masks=0, freq_masks=0, mixup_alpha=0.0, noise_std=0.0)),
+    ("recipe", "the chosen recipe (per-actor log-mel + feature norm, SpecAugment, mixup, 0.08 s crops)", dict()),
+    ("test-hop-0.24", "recipe, patches every 0.24 s at test (more votes)", dict(test_hop_frames=24)),
+)
+
+
+def cmd_speech(args: argparse.Namespace) -> int:
+    from edge.params import Params
+    from training.paths import cache_dir, reports_dir
+    from training.speech import SpeechRecipe
+    from training.speech_cv import prepare, run_cv, speaker_dependent, write_reports
+    p = Params()
+    recipe = SpeechRecipe().replace(**_recipe_overrides(args.set or []))
+    out = Path(args.out) if args.out else reports_dir()
+    folds = [int(f) for f in args.folds.split(",")] if args.folds else None
+    cache = None if args.no_cache else cache_dir()
+    progress = not args.quiet
+    command = "edge-train " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("edge-train") else \
+        "edge-train " + " ".join(args.argv)
+    if args.ablation:
+        return run_ablation(args, recipe, p, out, folds, cache, progress)
+    prep = prepare(args.data, args.yamnet, recipe, p, cache, progress)
+    result = run_cv(prep, recipe, p, folds, progress)
+    if args.speaker_dependent:
+        result["speaker_dependent"] = speaker_dependent(prep, recipe, p, progress=progress)
+    ablation = _load_ablation(out)
+    write_reports(result, out, ablation, command)
+    print(json.dumps({k: result[k] for k in ("mean_clip_accuracy", "std_clip_accuracy", "params", "cv_minutes")}))
+    return 0
+
+
+def _load_ablation(out: Path) -> list[dict]:
+    f = out / "speech_ablation.json"
+    return json.loads(f.read_text()) if f.is_file() else []
+
+
+def run_ablation(args, recipe, p, out: Path, folds, cache, progress) -> int:
+    """Run every ABLATION variant not yet in reports/speech_ablation.json (resumable)."""
+    from training.speech_cv import prepare, run_cv
+    done = {a["name"]: a for a in _load_ablation(out)}
+    prep_cache: dict = {}
+    for name, change, over in ABLATION:
+        r = recipe.replace(**over)
+        if name in done and done[name]["recipe"] == dataclasses.asdict(r) and done[name]["folds"] == (folds or "all"):
+            log.info("ablation %s: cached (%.3f)", name, done[name]["mean_clip_accuracy"])
+            continue
+        t = time.time()
+        key = (r.logmel_norm, r.train_hop_frames, r.test_hop_frames)
+        if key not in prep_cache:
+            prep_cache.clear()
+            prep_cache[key] = prepare(args.data, args.yamnet, r, p, cache, progress)
+        res = run_cv(prep_cache[key], r, p, folds, progress)
+        done[name] = {"name": name, "change": change, "folds": folds or "all", "recipe": dataclasses.asdict(r),
+                      "mean_clip_accuracy": res["mean_clip_accuracy"],
+                      "fold_clip_accuracy": [f["clip_accuracy"] for f in res["folds"]],
+                      "minutes": (time.time() - t) / 60}
+        log.info("ablation %s: %.3f", name, res["mean_clip_accuracy"])
+        out.mkdir(parents=True, exist_ok=True)
+        order = [n for n, _, _ in ABLATION]
+        rows = sorted(done.values(), key=lambda a: order.index(a["name"]) if a["name"] in order else 99)
+        (out / "speech_ablation.json").write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from training.paths import ravdess_speech_dir, yamnet_weights
+    ap = argparse.ArgumentParser(prog="edge-train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    sp = sub.add_parser("speech", help="4-fold actor-independent CV of the speech branch on RAVDESS",
+                        description="Train and evaluate the speech branch (frozen YAMNet activation_3 -> "
+                                    "2 conv -> BiLSTM -> attention) with actor-independent 4-fold CV; writes "
+                                    "reports/speech_cv.json, speech_confusion.png, speech.md.")
+    sp.add_argument("--data", default=str(ravdess_speech_dir()),
+                    help="RAVDESS speech folder with Actor_NN/03-01-*.flac|wav (default: %(default)s; env AVE_SHARED)")
+    sp.add_argument("--yamnet", default=yamnet_weights(),
+                    help="YAMNet weights: yamnet.tflite, yamnet.h5 or a TF-Hub handle (default: %(default)s; env AVE_YAMNET)")
+    sp.add_argument("--folds", help="comma-separated fold indices 0-3 (default: all four)")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a recipe field, e.g. --set epochs=5 --set seeds=0,1,2 (see training/speech.py)")
+    sp.add_argument("--speaker-dependent", action="store_true",
+                    help="also measure the (optimistic) speaker-dependent random split, labelled as such")
+    sp.add_argument("--ablation", action="store_true", help="run the ablation variants (resumable) into "
+                    "reports/speech_ablation.json instead of the main CV")
+    sp.add_argument("--out", help="reports folder (default: <repo>/reports)")
+    sp.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache (env AVE_CACHE)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bars")
+    sp.set_defaults(func=cmd_speech)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"), format="%(asctime)s %(name)s %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    from edge.audio.io import AudioError
+    from edge.runtime import ModelError
+    from training.ravdess import RavdessNameError
+    from training.yamnet import YamnetWeightsError
+    try:
+        return args.func(args)
+    except (FileNotFoundError, AudioError, ModelError, RavdessNameError, YamnetWeightsError) as e:
+        print(f"edge-train: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,161 @@
+"""RAVDESS: file-name parsing, the speech index, actor folds, and the cached log-mel features.
+
+File names are ``MM-VV-EE-II-SS-RR-AA`` (modality, vocal channel, emotion, intensity,
+statement, repetition, actor). The speech corpus lives at ``<root>/Actor_NN/03-01-*.flac``.
+
+    clips, skipped = index_speech("../shared/data/ravdess/speech16k")
+    feats = load_features(clips)       # list of (n_frames, 64) log-mel of the VAD-trimmed clip
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.audio.features import waveform_to_log_mel
+from edge.audio.io import AudioError, load_audio
+from edge.audio.vad import SilenceError, trim_silence
+from edge.params import Params
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})$")
+MODALITIES = {1: "audio-video", 2: "video-only", 3: "audio-only"}
+AUDIO_EXTS = (".flac", ".wav")
+
+
+class RavdessNameError(ValueError):
+    """A file name is not a valid RAVDESS name."""
+
+
+@dataclass(frozen=True)
+class RavdessName:
+    modality: int      # 1 AV, 2 video only, 3 audio only
+    channel: int       # 1 speech, 2 song
+    emotion: int       # 1..8 (RAVDESS code)
+    intensity: int     # 1 normal, 2 strong
+    statement: int     # 1 "Kids are talking by the door", 2 "Dogs are sitting by the door"
+    repetition: int    # 1, 2
+    actor: int         # 1..24, odd male, even female
+
+    @property
+    def label(self) -> int:
+        """0-based class index into Params.emotions."""
+        return self.emotion - 1
+
+    @property
+    def clip_key(self) -> str:
+        """Name without modality: pairs the speech file with its audio-visual video."""
+        return f"{self.channel:02d}-{self.emotion:02d}-{self.intensity:02d}-{self.statement:02d}-" \
+               f"{self.repetition:02d}-{self.actor:02d}"
+
+
+def parse_name(name: str | Path) -> RavdessName:
+    """Parse a RAVDESS file name (with or without directory and extension); strict ranges."""
+    stem = Path(name).name.split(".")[0]
+    m = _NAME.match(stem)
+    if not m:
+        raise RavdessNameError(f"{name}: not a RAVDESS name MM-VV-EE-II-SS-RR-AA")
+    mo, ch, em, it, st, rep, act = (int(g) for g in m.groups())
+    checks = ((mo in MODALITIES, "modality"), (ch in (1, 2), "vocal channel"), (1 <= em <= 8, "emotion"),
+              (it in (1, 2), "intensity"), (st in (1, 2), "statement"), (rep in (1, 2), "repetition"),
+              (1 <= act <= 24, "actor"))
+    for ok, field in checks:
+        if not ok:
+            raise RavdessNameError(f"{name}: {field} out of range in {stem}")
+    if it == 2 and em == 1:
+        raise RavdessNameError(f"{name}: neutral has no strong intensity in RAVDESS")
+    return RavdessName(mo, ch, em, it, st, rep, act)
+
+
+@dataclass(frozen=True)
+class Clip:
+    path: Path
+    name: RavdessName
+
+    @property
+    def actor(self) -> int:
+        return self.name.actor
+
+    @property
+    def label(self) -> int:
+        return self.name.label
+
+
+def index_speech(root: str | Path, exts: tuple[str, ...] = AUDIO_EXTS) -> tuple[list[Clip], list[str]]:
+    """All speech clips under root/Actor_NN/. Returns (clips sorted by name, skipped files with reasons).
+
+    Files whose names do not parse are skipped and returned with the reason (counted in reports);
+    a clip in the wrong actor folder is an error.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"RAVDESS speech folder not found: {root} (set --data or AVE_SHARED)")
+    clips, skipped = [], []
+    for f in sorted(root.glob("Actor_*/*")):
+        if f.suffix.lower() not in exts:
+            continue
+        try:
+            n = parse_name(f)
+        except RavdessNameError as e:
+            skipped.append(str(e))
+            log.warning("skipped: %s", e)
+            continue
+        if n.modality != 3 or n.channel != 1:
+            skipped.append(f"{f}: not audio-only speech (modality {n.modality}, channel {n.channel})")
+            continue
+        folder = f.parent.name
+        if folder != f"Actor_{n.actor:02d}":
+            raise RavdessNameError(f"{f}: actor {n.actor} in folder {folder}")
+        clips.append(Clip(f, n))
+    if not clips:
+        raise FileNotFoundError(f"no RAVDESS speech clips (03-01-*.flac/.wav) under {root}")
+    return clips, skipped
+
+
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:24]
+
+
+@dataclass
+class ClipFeatures:
+    log_mel: np.ndarray      # (n_frames >= 96, 64) float32, VAD-trimmed, YAMNet-padded
+    seconds_in: float        # original duration
+    seconds_trimmed: float   # after VAD
+
+
+def clip_features(path: Path, p: Params, cache: Path | None = None) -> ClipFeatures:
+    """Load -> trim silence -> log-mel; cached on disk by front-end params + file content hash."""
+    if cache is not None:
+        f = cache / f"logmel_{p.frontend_key()}" / f"{file_hash(path)}.npz"
+        if f.is_file():
+            with np.load(f) as z:
+                return ClipFeatures(z["log_mel"], float(z["seconds_in"]), float(z["seconds_trimmed"]))
+    wave = load_audio(path, p)
+    speech, _ = trim_silence(wave, p, source=str(path))
+    feats = ClipFeatures(waveform_to_log_mel(speech, p), len(wave) / p.sample_rate, len(speech) / p.sample_rate)
+    if cache is not None:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        tmp = f.with_suffix(".tmp.npz")
+        np.savez(tmp, log_mel=feats.log_mel, seconds_in=feats.seconds_in, seconds_trimmed=feats.seconds_trimmed)
+        tmp.replace(f)
+    return feats
+
+
+def load_features(clips: list[Clip], p: Params = Params(), cache: Path | None = None,
+                  progress: bool = True) -> tuple[list[Clip], list[ClipFeatures], list[str]]:
+    """Features of every clip; unreadable or silent clips are skipped, counted and returned."""
+    from tqdm import tqdm
+    kept, feats, skipped = [], [], []
+    for c in tqdm(clips, desc="log-mel", unit="clip", disable=not progress):
+        try:
+            feats.append(clip_features(c.path, p, cache))
+            kept.append(c)
+        except (AudioError, SilenceError) as e:
+            log.warning("skipped: %s", e)
+            skipped.append(str(e))
+    return kept, feats, skipped

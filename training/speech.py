@@ -1,0 +1,291 @@
+"""The paper's speech branch: frozen YAMNet activation_3 -> 2 conv -> BiLSTM -> attention -> softmax.
+
+Every 0.96 s log-mel patch is a sample labelled with its clip's emotion; a clip's prediction is
+the majority vote of its patches (ties broken by summed probabilities). The frozen trunk is
+run once over all patches (a feature cache in memory); only the head trains.
+
+    edge-train speech --data ../shared/data/ravdess/speech16k --yamnet ../shared/weights/yamnet/yamnet.tflite
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge.params import Params
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SpeechRecipe:
+    """Training recipe of the speech head (every lever of the ablation table is here)."""
+    epochs: int = 30
+    batch_size: int = 64
+    train_hop_frames: int = 8            # candidate patch offsets in training (0.08 s): time-shift crops
+    patches_per_clip: int = 4            # random crops drawn per clip per epoch
+    logmel_norm: str = "actor"           # none | clip | actor : log-mel mean removal before the trunk
+    feature_norm: str = "actor"          # global | actor : activation_3 per-channel standardization
+    time_masks: int = 1                  # SpecAugment on activation_3 (24 time x 16 freq)
+    time_mask_max: int = 4
+    freq_masks: int = 1
+    freq_mask_max: int = 3
+    mixup_alpha: float = 0.2             # 0 disables
+    label_smoothing: float = 0.0
+    noise_std: float = 0.1               # gaussian noise on standardized features
+    conv_filters: tuple[int, int] = (64, 64)
+    lstm_units: int = 64
+    attention_units: int = 64
+    dropout: float = 0.3
+    l2: float = 1e-4
+    val_actors: int = 4                  # held out from the training actors for model selection (2 M + 2 F)
+    patience: int = 10
+    test_hop_frames: int = 48            # Params.patch_hop_frames at evaluation (0.48 s)
+    seeds: tuple[int, ...] = (0,)        # >1 seed: an ensemble whose probabilities are averaged
+
+    def replace(self, **kw) -> "SpeechRecipe":
+        return dataclasses.replace(self, **kw)
+
+
+# ------------------------------------------------------------------ model
+
+def build_head(recipe: SpeechRecipe, p: Params = Params(), name: str = "speech_head"):
+    """(None, 24, 16, 64) standardized activation_3 -> (None, 8) probabilities.
+
+    The layer ``speech_embedding`` (attention context, 2 x lstm_units) is the hidden layer
+    the fusion model concatenates with the face branch.
+    """
+    import keras
+    from keras import layers as L
+    reg = keras.regularizers.l2(recipe.l2) if recipe.l2 else None
+    x_in = keras.Input((24, 16, 64), name="activation_3")
+    x = x_in
+    for i, (f, pool) in enumerate(zip(recipe.conv_filters, ((2, 2), (1, 2)), strict=True)):
+        x = L.Conv2D(f, 3, padding="same", use_bias=False, kernel_regularizer=reg, name=f"speech_conv{i + 1}")(x)
+        x = L.BatchNormalization(name=f"speech_bn{i + 1}")(x)
+        x = L.ReLU(name=f"speech_relu{i + 1}")(x)
+        x = L.MaxPooling2D(pool, name=f"speech_pool{i + 1}")(x)
+        x = L.SpatialDropout2D(recipe.dropout / 2, name=f"speech_sdrop{i + 1}")(x)
+    t, fr, c = x.shape[1], x.shape[2], x.shape[3]                     # (12, 4, 64)
+    x = L.Reshape((t, fr * c), name="speech_to_sequence")(x)          # (12, 256)
+    h = L.Bidirectional(L.LSTM(recipe.lstm_units, return_sequences=True, unroll=True,
+                               kernel_regularizer=reg), name="speech_bilstm")(x)   # (12, 128)
+    e = L.Dense(recipe.attention_units, activation="tanh", name="speech_att_hidden")(h)
+    e = L.Dense(1, use_bias=False, name="speech_att_score")(e)       # (12, 1)
+    e = L.Flatten(name="speech_att_flat")(e)
+    a = L.Softmax(name="speech_att_weights")(e)                     # (12,)
+    z = L.Dot(axes=(1, 1), name="speech_embedding")([a, h])           # (128,)
+    z = L.Dropout(recipe.dropout, name="speech_dropout")(z)
+    out = L.Dense(p.num_classes, activation="softmax", kernel_regularizer=reg, name="speech_probs")(z)
+    return keras.Model(x_in, out, name=name)
+
+
+def compile_head(model, recipe: SpeechRecipe, p: Params = Params(), steps: int | None = None):
+    import keras
+    model.compile(optimizer=keras.optimizers.Adam(p.learning_rate),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
+                  metrics=["accuracy"])
+    return model
+
+
+# ------------------------------------------------------------------ features
+
+@dataclass
+class PatchSet:
+    """activation_3 of patches of many clips, with the clip each came from."""
+    x: np.ndarray            # (n_patches, 24, 16, 64) float16
+    clip: np.ndarray         # (n_patches,) clip index
+    offsets: np.ndarray      # (n_patches,) start frame in the clip's log-mel
+
+    def of_clips(self, idx: np.ndarray) -> np.ndarray:
+        return np.flatnonzero(np.isin(self.clip, idx))
+
+
+def normalize_log_mel(log_mels: list[np.ndarray], actors: np.ndarray, mode: str) -> list[np.ndarray]:
+    """Log-mel mean removal: none, per clip, or per actor (over all of the actor's frames)."""
+    if mode == "none":
+        return log_mels
+    if mode == "clip":
+        return [m - m.mean(axis=0, keepdims=True) for m in log_mels]
+    if mode == "actor":
+        out = list(log_mels)
+        for a in np.unique(actors):
+            idx = np.flatnonzero(actors == a)
+            mu = np.concatenate([log_mels[i] for i in idx]).mean(axis=0, keepdims=True)
+            for i in idx:
+                out[i] = log_mels[i] - mu
+        return out
+    raise ValueError(f"logmel_norm must be none|clip|actor, got {mode!r}")
+
+
+def trunk_patches(trunk, log_mels: list[np.ndarray], hop_frames: int, p: Params = Params(),
+                  batch: int = 512, progress: bool = True) -> PatchSet:
+    """Every patch (hop ``hop_frames``) of every clip through the frozen trunk."""
+    from tqdm import tqdm
+
+    from edge.audio.features import patches_from_log_mel
+    pats, clip_ids, offs = [], [], []
+    for i, m in enumerate(log_mels):
+        ps = patches_from_log_mel(m, p, hop_frames)                 # (n, 96, 64)
+        pats.append(ps)
+        clip_ids.append(np.full(len(ps), i))
+        offs.append(np.arange(len(ps)) * hop_frames)
+    allp = np.concatenate(pats)
+    out = np.empty((len(allp), 24, 16, 64), np.float16)
+    for s in tqdm(range(0, len(allp), batch), desc=f"activation_3 (hop {hop_frames})", unit="batch",
+                  disable=not progress):
+        out[s:s + batch] = trunk.predict_on_batch(allp[s:s + batch])
+    return PatchSet(out, np.concatenate(clip_ids), np.concatenate(offs))
+
+
+@dataclass
+class Standardizer:
+    """Per-channel mean/std of activation_3, global or per actor."""
+    mean: dict = field(default_factory=dict)   # key: actor or "global" -> (64,)
+    std: dict = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, ps: PatchSet, clip_actor: np.ndarray, train_clips: np.ndarray, mode: str) -> "Standardizer":
+        s = cls()
+        def stats(rows: np.ndarray):
+            x = ps.x[rows].astype(np.float32)
+            return x.mean(axis=(0, 1, 2)), x.std(axis=(0, 1, 2)) + 1e-3
+        s.mean["global"], s.std["global"] = stats(ps.of_clips(train_clips))
+        if mode == "actor":
+            for a in np.unique(clip_actor):
+                s.mean[int(a)], s.std[int(a)] = stats(ps.of_clips(np.flatnonzero(clip_actor == a)))
+        elif mode != "global":
+            raise ValueError(f"feature_norm must be global|actor, got {mode!r}")
+        return s
+
+    def apply(self, x: np.ndarray, actors: np.ndarray) -> np.ndarray:
+        out = x.astype(np.float32)
+        for a in np.unique(actors):
+            key = int(a) if int(a) in self.mean else "global"
+            rows = actors == a
+            out[rows] = (out[rows] - self.mean[key]) / self.std[key]
+        return out
+
+
+# ------------------------------------------------------------------ augmentation
+
+def spec_augment(x: np.ndarray, r: SpeechRecipe, rng: np.random.Generator) -> np.ndarray:
+    """Time/frequency masks on (n, 24, 16, 64) features (in place)."""
+    n = len(x)
+    for _ in range(r.time_masks):
+        w = rng.integers(0, r.time_mask_max + 1, n)
+        s = rng.integers(0, 24, n)
+        for i in np.flatnonzero(w):
+            x[i, s[i]:s[i] + w[i]] = 0.0
+    for _ in range(r.freq_masks):
+        w = rng.integers(0, r.freq_mask_max + 1, n)
+        s = rng.integers(0, 16, n)
+        for i in np.flatnonzero(w):
+            x[i, :, s[i]:s[i] + w[i]] = 0.0
+    return x
+
+
+def mixup(x: np.ndarray, y: np.ndarray, alpha: float, rng: np.random.Generator):
+    if alpha <= 0:
+        return x, y
+    lam = rng.beta(alpha, alpha, len(x)).astype(np.float32)
+    lam = np.maximum(lam, 1 - lam)
+    j = rng.permutation(len(x))
+    return (lam[:, None, None, None] * x + (1 - lam[:, None, None, None]) * x[j],
+            lam[:, None] * y + (1 - lam[:, None]) * y[j])
+
+
+# ------------------------------------------------------------------ voting
+
+def vote(probs: np.ndarray, clip: np.ndarray, n_clips: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Majority vote of patch predictions per clip, ties by summed probabilities.
+
+    Returns (clip ids, predicted class) for every clip that has patches.
+    """
+    ids = np.unique(clip)
+    preds = np.empty(len(ids), int)
+    k = probs.shape[1]
+    for j, c in enumerate(ids):
+        pr = probs[clip == c]
+        counts = np.bincount(pr.argmax(1), minlength=k).astype(float)
+        tied = counts == counts.max()
+        preds[j] = int(np.argmax(np.where(tied, pr.sum(0), -np.inf)))
+    return ids, preds
+
+
+# ------------------------------------------------------------------ one fold
+
+def choose_val_actors(train_actors: list[int], n: int, seed: int = 0) -> list[int]:
+    """n validation actors from the training actors, half male (odd) half female (even)."""
+    rng = np.random.default_rng(seed)
+    males = [a for a in train_actors if a % 2]
+    females = [a for a in train_actors if a % 2 == 0]
+    return sorted(rng.choice(males, n // 2, replace=False).tolist() + rng.choice(females, n - n // 2,
+                                                                                 replace=False).tolist())
+
+
+def make_epoch(ps: PatchSet, train_clips: np.ndarray, labels: np.ndarray, std: Standardizer,
+               clip_actor: np.ndarray, r: SpeechRecipe, rng: np.random.Generator, k: int):
+    """Random crops (patches_per_clip per clip), standardized, augmented."""
+    rows = []
+    for c in train_clips:
+        cand = np.flatnonzero(ps.clip == c)
+        rows.append(rng.choice(cand, min(r.patches_per_clip, len(cand)), replace=len(cand) < r.patches_per_clip))
+    rows = np.concatenate(rows)
+    rng.shuffle(rows)
+    x = std.apply(ps.x[rows], clip_actor[ps.clip[rows]])
+    if r.noise_std:
+        x += rng.normal(0, r.noise_std, x.shape).astype(np.float32)
+    x = spec_augment(x, r, rng)
+    y = np.eye(k, dtype=np.float32)[labels[ps.clip[rows]]]
+    return mixup(x, y, r.mixup_alpha, rng)
+
+
+def clip_accuracy(model, ps: PatchSet, clips: np.ndarray, labels: np.ndarray, std: Standardizer,
+                  clip_actor: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray, np.ndarray]:
+    rows = ps.of_clips(clips)
+    x = std.apply(ps.x[rows], clip_actor[ps.clip[rows]])
+    probs = model.predict(x, batch_size=256, verbose=0)
+    ids, pred = vote(probs, ps.clip[rows])
+    patch_acc = float(np.mean(probs.argmax(1) == labels[ps.clip[rows]]))
+    return float(np.mean(pred == labels[ids])), patch_acc, ids, pred, probs
+
+
+def train_fold(train_ps: PatchSet, test_ps: PatchSet, labels: np.ndarray, clip_actor: np.ndarray,
+               test_actors: list[int], r: SpeechRecipe, p: Params = Params(), seed: int = 0,
+               progress: bool = True) -> dict:
+    """Train on the other actors (val actors held out of them), evaluate on test_actors."""
+    import keras
+    from tqdm import tqdm
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    all_actors = sorted(set(clip_actor.tolist()))
+    train_actors = [a for a in all_actors if a not in test_actors]
+    val_actors = choose_val_actors(train_actors, r.val_actors, seed) if r.val_actors else []
+    fit_actors = [a for a in train_actors if a not in val_actors]
+    fit_clips = np.flatnonzero(np.isin(clip_actor, fit_actors))
+    val_clips = np.flatnonzero(np.isin(clip_actor, val_actors))
+    test_clips = np.flatnonzero(np.isin(clip_actor, test_actors))
+    std = Standardizer.fit(train_ps, clip_actor, fit_clips, r.feature_norm)
+    model = compile_head(build_head(r, p), r, p)
+    best, best_w, best_epoch, wait, history = -1.0, None, 0, 0, []
+    bar = tqdm(range(r.epochs), desc=f"fold {test_actors[0]}-{test_actors[-1]} seed {seed}", disable=not progress)
+    for epoch in bar:
+        x, y = make_epoch(train_ps, fit_clips, labels, std, clip_actor, r, rng, p.num_classes)
+        h = model.fit(x, y, batch_size=r.batch_size, epochs=1, verbose=0)
+        val_acc = clip_accuracy(model, test_ps, val_clips, labels, std, clip_actor)[0] if len(val_clips) else 0.0
+        history.append({"epoch": epoch + 1, "loss": float(h.history["loss"][0]), "val_clip_accuracy": val_acc})
+        bar.set_postfix(loss=f"{h.history['loss'][0]:.3f}", val=f"{val_acc:.3f}")
+        if val_acc > best or not len(val_clips):
+            best, best_w, best_epoch, wait = val_acc, model.get_weights(), epoch + 1, 0
+        else:
+            wait += 1
+            if wait >= r.patience:
+                break
+    model.set_weights(best_w)
+    acc, patch_acc, ids, pred, probs = clip_accuracy(model, test_ps, test_clips, labels, std, clip_actor)
+    return {"model": model, "standardizer": std, "val_actors": val_actors, "best_epoch": best_epoch,
+            "val_clip_accuracy": best, "history": history, "clip_accuracy": acc, "patch_accuracy": patch_acc,
+            "test_rows": test_ps.of_clips(test_clips), "probs": probs}

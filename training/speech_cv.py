@@ -1,0 +1,197 @@
+"""4-fold actor-independent cross-validation of the speech branch, and its reports.
+
+    edge-train speech --data ../shared/data/ravdess/speech16k --yamnet ../shared/weights/yamnet/yamnet.tflite
+
+writes reports/speech_cv.json, reports/speech_confusion.png and reports/speech.md.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from edge.params import Params
+from training.ravdess import index_speech, load_features
+from training.speech import SpeechRecipe, normalize_log_mel, train_fold, trunk_patches, vote
+
+log = logging.getLogger(__name__)
+
+
+def prepare(data: str | Path, yamnet: str, recipe: SpeechRecipe, p: Params = Params(),
+            cache: Path | None = None, progress: bool = True, actors: list[int] | None = None) -> dict:
+    """Index, features (cached), log-mel normalisation, and trunk activations at train and test hop."""
+    from training.yamnet import build_trunk, load_weights
+    weights = load_weights(yamnet)                       # fail early on a bad weights path
+    clips, skipped_names = index_speech(data)
+    if actors is not None:
+        clips = [c for c in clips if c.actor in actors]
+    clips, feats, skipped_audio = load_features(clips, p, cache, progress)
+    clip_actor = np.array([c.actor for c in clips])
+    labels = np.array([c.label for c in clips])
+    mels = normalize_log_mel([f.log_mel for f in feats], clip_actor, recipe.logmel_norm)
+    trunk = build_trunk(weights)
+    train_ps = trunk_patches(trunk, mels, recipe.train_hop_frames, p, progress=progress)
+    test_ps = train_ps if recipe.test_hop_frames == recipe.train_hop_frames else \
+        trunk_patches(trunk, mels, recipe.test_hop_frames, p, progress=progress)
+    return {"clips": clips, "feats": feats, "clip_actor": clip_actor, "labels": labels,
+            "train_ps": train_ps, "test_ps": test_ps,
+            "skipped": skipped_names + skipped_audio}
+
+
+def run_cv(prep: dict, recipe: SpeechRecipe, p: Params = Params(), folds: list[int] | None = None,
+           progress: bool = True, keep_models: bool = False) -> dict:
+    """Run the folds (all by default); returns the speech_cv.json content (+ models if asked)."""
+    t0 = time.time()
+    labels, clip_actor = prep["labels"], prep["clip_actor"]
+    test_ps = prep["test_ps"]
+    fold_results, all_true, all_pred, models = [], [], [], []
+    for fi in (folds if folds is not None else range(len(p.folds))):
+        test_actors = list(p.folds[fi])
+        runs = [train_fold(prep["train_ps"], test_ps, labels, clip_actor, test_actors, recipe, p, seed, progress)
+                for seed in recipe.seeds]
+        probs = np.mean([r["probs"] for r in runs], axis=0)           # ensemble of seeds
+        rows = runs[0]["test_rows"]
+        ids, pred = vote(probs, test_ps.clip[rows])
+        acc = float(np.mean(pred == labels[ids]))
+        fold = {"test_actors": test_actors, "val_actors": runs[0]["val_actors"], "clip_accuracy": acc,
+                "patch_accuracy": float(np.mean(probs.argmax(1) == labels[test_ps.clip[rows]])),
+                "n_test_clips": int(len(ids)), "n_test_patches": int(len(rows)),
+                "best_epochs": [r["best_epoch"] for r in runs],
+                "val_clip_accuracy": [r["val_clip_accuracy"] for r in runs],
+                "single_seed_clip_accuracy": [r["clip_accuracy"] for r in runs]}
+        log.info("fold %s: clip %.3f patch %.3f", test_actors, acc, fold["patch_accuracy"])
+        fold_results.append(fold)
+        all_true.append(labels[ids])
+        all_pred.append(pred)
+        if keep_models:
+            models.append(runs)
+    accs = [f["clip_accuracy"] for f in fold_results]
+    n_per_clip = np.bincount(test_ps.clip, minlength=len(labels))
+    trimmed = np.array([f.seconds_trimmed for f in prep["feats"]])
+    original = np.array([f.seconds_in for f in prep["feats"]])
+    from training.speech import build_head
+    result = {
+        "protocol": "actor-independent 4-fold CV (6 test actors a fold: 3 male + 3 female); model selection "
+                    "on validation actors held out of the training actors; clip = majority vote of patches",
+        "folds": fold_results,
+        "mean_clip_accuracy": float(np.mean(accs)), "std_clip_accuracy": float(np.std(accs)),
+        "mean_patch_accuracy": float(np.mean([f["patch_accuracy"] for f in fold_results])),
+        "params": int(build_head(recipe, p).count_params()),
+        "patches_per_clip": {"mean": float(n_per_clip.mean()), "min": int(n_per_clip.min()),
+                             "max": int(n_per_clip.max()), "hop_seconds": recipe.test_hop_frames / 100},
+        "vad": {"mean_seconds_in": float(original.mean()), "mean_seconds_trimmed": float(trimmed.mean()),
+                "mean_trimmed_fraction": float(1 - (trimmed / original).mean())},
+        "n_clips": int(len(labels)), "skipped": prep["skipped"],
+        "recipe": asdict(recipe), "folds_map": [list(f) for f in p.folds],
+        "emotions": list(p.emotions),
+        "confusion": confusion(np.concatenate(all_true), np.concatenate(all_pred), p.num_classes).tolist(),
+        "cv_minutes": (time.time() - t0) / 60,
+        "machine": {"cpu_count": __import__("os").cpu_count(), "python": platform.python_version()},
+    }
+    if keep_models:
+        result["_models"] = models
+    return result
+
+
+def speaker_dependent(prep: dict, recipe: SpeechRecipe, p: Params = Params(), n_folds: int = 4,
+                      eval_folds: int = 2, progress: bool = True) -> dict:
+    """Random clip-level 4-fold split (every actor in train and test): the optimistic, speaker-DEPENDENT figure."""
+    import keras
+
+    from training.speech import Standardizer, build_head, clip_accuracy, compile_head, make_epoch
+    labels, clip_actor = prep["labels"], prep["clip_actor"]
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(labels))
+    accs = []
+    for k in range(eval_folds):
+        test = np.sort(order[k::n_folds])
+        train = np.setdiff1d(np.arange(len(labels)), test)
+        keras.utils.set_random_seed(k)
+        std = Standardizer.fit(prep["train_ps"], clip_actor, train, recipe.feature_norm)
+        model = compile_head(build_head(recipe, p), recipe, p)
+        erng = np.random.default_rng(k)
+        for _ in range(recipe.epochs):
+            x, y = make_epoch(prep["train_ps"], train, labels, std, clip_actor, recipe, erng, p.num_classes)
+            model.fit(x, y, batch_size=recipe.batch_size, epochs=1, verbose=0)
+        accs.append(clip_accuracy(model, prep["test_ps"], test, labels, std, clip_actor)[0])
+        log.info("speaker-dependent fold %d: %.3f", k, accs[-1])
+    return {"protocol": f"speaker-DEPENDENT random {n_folds}-fold split over clips (same actors in train and test), "
+                        f"first {eval_folds} folds evaluated, fixed {recipe.epochs} epochs", "fold_clip_accuracy": accs,
+            "mean_clip_accuracy": float(np.mean(accs))}
+
+
+def confusion(true: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+    m = np.zeros((k, k), int)
+    np.add.at(m, (true, pred), 1)
+    return m
+
+
+def plot_confusion(cm: np.ndarray, labels: list[str], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, f"{norm[i, j]:.2f}\n({cm[i, j]})", ha="center", va="center", fontsize=6.5,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def write_reports(result: dict, out: Path, ablation: list[dict] | None = None, command: str = "") -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    public = {k: v for k, v in result.items() if not k.startswith("_")}
+    (out / "speech_cv.json").write_text(json.dumps(public, indent=2))
+    cm = np.array(result["confusion"])
+    plot_confusion(cm, result["emotions"], out / "speech_confusion.png",
+                   f"speech, actor-independent 4-fold: {100 * result['mean_clip_accuracy']:.1f}% clip accuracy")
+    (out / "speech.md").write_text(speech_markdown(public, ablation or [], command))
+
+
+def speech_markdown(r: dict, ablation: list[dict], command: str) -> str:
+    lines = ["# Speech branch: RAVDESS, actor-independent 4-fold CV", "",
+             f"Command: `{command}`" if command else "", "",
+             f"**Mean clip accuracy {100 * r['mean_clip_accuracy']:.2f}% ± {100 * r['std_clip_accuracy']:.2f}** "
+             f"(paper: 72.22%), patch accuracy {100 * r['mean_patch_accuracy']:.2f}%, "
+             f"head parameters {r['params']:,}, CV time {r['cv_minutes']:.1f} min on "
+             f"{r['machine']['cpu_count']} CPU cores.", "",
+             "| test actors | val actors | clip acc | patch acc | test clips | best epochs |",
+             "|---|---|---|---|---|---|"]
+    for f in r["folds"]:
+        lines.append(f"| {f['test_actors']} | {f['val_actors']} | {100 * f['clip_accuracy']:.2f}% | "
+                     f"{100 * f['patch_accuracy']:.2f}% | {f['n_test_clips']} | {f['best_epochs']} |")
+    ppc = r["patches_per_clip"]
+    vad = r["vad"]
+    lines += ["", f"Patches per clip at test (hop {ppc['hop_seconds']} s): mean {ppc['mean']:.2f}, "
+              f"min {ppc['min']}, max {ppc['max']}. VAD: clips {vad['mean_seconds_in']:.2f} s on average, "
+              f"{vad['mean_seconds_trimmed']:.2f} s after trimming leading/trailing silence "
+              f"({100 * vad['mean_trimmed_fraction']:.1f}% removed). Skipped clips: {len(r['skipped'])}.", "",
+              "![confusion](speech_confusion.png)", ""]
+    if "speaker_dependent" in r:
+        sd = r["speaker_dependent"]
+        lines += ["## Speaker-DEPENDENT figure (not comparable to the paper's protocol)", "",
+                  f"{sd['protocol']}: **{100 * sd['mean_clip_accuracy']:.2f}%** "
+                  f"(folds {', '.join(f'{100 * a:.1f}' for a in sd['fold_clip_accuracy'])}).", ""]
+    if ablation:
+        lines += ["## Ablation (each row measured with `scripts`-free CLI flags; see reports/speech_ablation.json)", "",
+                  "| variant | change | folds | mean clip acc | minutes |", "|---|---|---|---|---|"]
+        for a in ablation:
+            lines.append(f"| {a['name']} | {a['change']} | {a['folds']} | {100 * a['mean_clip_accuracy']:.2f}% | "
+                         f"{a['minutes']:.1f} |")
+    lines += ["", "Recipe: `" + json.dumps(r["recipe"]) + "`", "", f"Folds (actors): {r['folds_map']}", ""]
+    return "\n".join(lines)
