@@ -1,0 +1,1 @@
+"""Export tools (workstation only): Keras -> TFLite, MTCNN nets, benchmarks. May import TensorFlow."""
