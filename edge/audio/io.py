@@ -34,49 +34,39 @@ def to_mono(wave: np.ndarray) -> np.ndarray:
 
 
 def decode_audio(path: str | Path) -> tuple[np.ndarray, int]:
-    """Decode the first audio stream: returns ((n, channels) float32, sample_rate)."""
+    """Decode the first audio stream: returns ((n, channels) float32, sample_rate).
+
+    Every sample format is converted to planar float by PyAV's resampler (rate and layout kept):
+    channels are averaged later by ``to_mono``, not by swresample's down-mix matrix.
+    """
     import av
+    import av.error
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise AudioError(f"{path}: empty file (0 bytes)")
     chunks: list[np.ndarray] = []
+    rate = 0
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:
                 raise AudioError(f"{path}: no audio track")
             stream = container.streams.audio[0]
-            rate = int(stream.codec_context.sample_rate or stream.rate or 0)
+            to_float = av.AudioResampler(format="fltp")
             for frame in container.decode(stream):
-                a = frame.to_ndarray()
-                n_ch = len(frame.layout.channels)
-                if frame.format.is_planar:
-                    a = a.T                                   # (channels, n) -> (n, channels)
-                else:
-                    a = a.reshape(-1, n_ch)                   # interleaved (1, n*ch) -> (n, ch)
-                a = _to_float(a)
-                chunks.append(a)
                 rate = frame.sample_rate or rate
+                chunks.extend(f.to_ndarray() for f in to_float.resample(frame))   # (channels, n)
+            chunks.extend(f.to_ndarray() for f in to_float.resample(None))      # flush
     except AudioError:
         raise
     except (av.error.FFmpegError, ValueError, OSError) as e:
         raise AudioError(f"{path}: cannot decode audio ({e})") from e
-    if not chunks or sum(len(c) for c in chunks) == 0:
+    if not chunks or sum(c.shape[1] for c in chunks) == 0:
         raise AudioError(f"{path}: no audio samples decoded")
     if rate <= 0:
         raise AudioError(f"{path}: unknown sample rate")
-    return np.concatenate(chunks, axis=0), rate
-
-
-def _to_float(a: np.ndarray) -> np.ndarray:
-    if a.dtype == np.int16:
-        return a.astype(np.float32) / 32768.0
-    if a.dtype == np.int32:
-        return a.astype(np.float32) / 2147483648.0
-    if a.dtype == np.uint8:
-        return (a.astype(np.float32) - 128.0) / 128.0
-    return a.astype(np.float32, copy=False)
+    return np.concatenate(chunks, axis=1).T.astype(np.float32, copy=False), rate
 
 
 def load_audio(path: str | Path, p: Params = Params()) -> np.ndarray:

@@ -121,44 +121,17 @@ def read_frames(path: str | Path, max_frames: int | None = None,
     return np.asarray(pts, dtype=np.float64), np.stack(frames)
 
 
-def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE,
-               resampler: str = "soxr") -> tuple[np.ndarray, int]:
+def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, int]:
     """The first audio track as (n,) float32 mono in [-1, 1] at ``sample_rate`` Hz.
 
-    Channels are averaged. ``resampler``: ``"soxr"`` (soxr VHQ, how the shared RAVDESS 16 kHz
-    training files were made; in the ``edge`` extras) or ``"av"`` (FFmpeg's swresample).
-    Samples start at the track's first decoded sample (its start time is logged at debug).
+    The audio front end's own loader (PyAV decode, channels averaged, soxr VHQ, as the shared
+    RAVDESS 16 kHz files were made); its errors are re-raised as ``VideoError`` naming the file.
     """
-    if resampler not in ("av", "soxr"):
-        raise ValueError(f"resampler must be 'av' or 'soxr', got {resampler!r}")
-    with _open(path) as container:
-        stream = _stream(container, "audio", path)
-        rate_in = stream.codec_context.sample_rate
-        out_rate = sample_rate if resampler == "av" else None  # None: keep the input rate
-        # planar float, original layout: channels are averaged here, not by swresample's
-        # down-mix matrix (which is not a plain mean)
-        swr = av.AudioResampler(format="fltp", rate=out_rate)
-        chunks: list[np.ndarray] = []
-        start = None
-        try:
-            for frame in container.decode(stream):
-                if start is None and frame.pts is not None:
-                    start = float(frame.pts * stream.time_base)
-                rate_in = frame.sample_rate
-                chunks.extend(f.to_ndarray() for f in swr.resample(frame))  # (channels, n)
-            chunks.extend(f.to_ndarray() for f in swr.resample(None))  # flush
-        except av.error.FFmpegError as e:
-            raise VideoError(f"{path}: cannot decode audio: {e}") from e
-    if not chunks or sum(c.shape[1] for c in chunks) == 0:
-        raise VideoError(f"{path}: audio track has no decodable sample")
-    audio = np.concatenate(chunks, axis=1).mean(axis=0).astype(np.float32)  # (n,)
-    if resampler == "soxr" and rate_in != sample_rate:
-        try:
-            import soxr
-        except ImportError:
-            raise VideoError(f"{path}: resampler='soxr' needs `pip install soxr` "
-                             "(or use resampler='av')") from None
-        audio = soxr.resample(audio, rate_in, sample_rate, quality="VHQ").astype(np.float32)
-    log.debug("%s: audio %d Hz -> %d Hz, %d samples, starts at %s s",
-              path, rate_in, sample_rate, audio.size, start)
+    from edge.audio.io import AudioError, decode_audio, resample, to_mono
+    try:
+        wave, rate_in = decode_audio(path)
+    except AudioError as e:
+        raise VideoError(str(e)) from e
+    audio = resample(to_mono(wave), rate_in, sample_rate)
+    log.debug("%s: audio %d Hz -> %d Hz, %d samples", path, rate_in, sample_rate, audio.size)
     return audio, sample_rate
