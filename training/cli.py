@@ -50,6 +50,7 @@ ABLATION = (
      dict(time_masks=0, freq_masks=0, mixup_alpha=0.0, noise_std=0.0)),
     ("recipe", "the chosen recipe (per-actor log-mel + feature norm, SpecAugment, mixup, 0.08 s crops)", dict()),
     ("test-hop-0.24", "recipe, patches every 0.24 s at test (more votes)", dict(test_hop_frames=24)),
+    ("refit", "recipe, then retrain on all 18 training actors for the selected epoch count", dict(refit=True)),
 )
 
 
@@ -111,8 +112,52 @@ def run_ablation(args, recipe, p, out: Path, folds, cache, progress) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def cmd_fusion_au(args: argparse.Namespace) -> int:
+    from edge.params import Params
+    from training.fusion_au import load_au, run_cv
+    from training.paths import cache_dir, reports_dir
+    from training.speech import SpeechRecipe
+    from training.speech_cv import prepare
+    p = Params()
+    recipe = SpeechRecipe().replace(**_recipe_overrides(args.set or []))
+    out = Path(args.out) if args.out else reports_dir()
+    folds = [int(f) for f in args.folds.split(",")] if args.folds else None
+    au = load_au(args.au)
+    prep = prepare(args.data, args.yamnet, recipe, p, None if args.no_cache else cache_dir(), not args.quiet)
+    res = run_cv(prep, au, recipe, p, folds)
+    res["command"] = "edge-train " + " ".join(args.argv)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fusion_au_cv.json").write_text(json.dumps(res, indent=2))
+    lines = ["# Model-level fusion: speech + OpenFace action units (RAVDESS, actor-independent 4-fold)", "",
+             f"Command: `{res['command']}`", "",
+             "One graph, three heads trained together; clip = majority vote of its patches.", "",
+             "| test actors | fused | speech head | AU head |", "|---|---|---|---|"]
+    lines += [f"| {f['test_actors']} | {100 * f['fused']:.2f}% | {100 * f['speech']:.2f}% | {100 * f['au']:.2f}% |"
+              for f in res["folds"]]
+    lines += [f"| **mean** | **{100 * res['fused']:.2f}%** | {100 * res['speech']:.2f}% | {100 * res['au']:.2f}% |", "",
+              f"Paper (speech + face video): 81.04%. CV time {res['cv_minutes']:.1f} min.", ""]
+    (out / "fusion_au.md").write_text("\n".join(lines))
+    print(json.dumps({k: res[k] for k in ("fused", "speech", "au", "cv_minutes")}))
+    return 0
+
+
+def _add_common(sp: argparse.ArgumentParser) -> None:
     from training.paths import ravdess_speech_dir, yamnet_weights
+    sp.add_argument("--data", default=str(ravdess_speech_dir()),
+                    help="RAVDESS speech folder with Actor_NN/03-01-*.flac|wav (default: %(default)s; env AVE_SHARED)")
+    sp.add_argument("--yamnet", default=yamnet_weights(),
+                    help="YAMNet weights: yamnet.tflite, yamnet.h5 or a TF-Hub handle (default: %(default)s; "
+                         "env AVE_YAMNET)")
+    sp.add_argument("--folds", help="comma-separated fold indices 0-3 (default: all four)")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a recipe field, e.g. --set epochs=5 --set seeds=0,1,2 (see training/speech.py)")
+    sp.add_argument("--out", help="reports folder (default: <repo>/reports)")
+    sp.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache (env AVE_CACHE)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from training.paths import ravdess_au_csv
     ap = argparse.ArgumentParser(prog="edge-train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -120,21 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Train and evaluate the speech branch (frozen YAMNet activation_3 -> "
                                     "2 conv -> BiLSTM -> attention) with actor-independent 4-fold CV; writes "
                                     "reports/speech_cv.json, speech_confusion.png, speech.md.")
-    sp.add_argument("--data", default=str(ravdess_speech_dir()),
-                    help="RAVDESS speech folder with Actor_NN/03-01-*.flac|wav (default: %(default)s; env AVE_SHARED)")
-    sp.add_argument("--yamnet", default=yamnet_weights(),
-                    help="YAMNet weights: yamnet.tflite, yamnet.h5 or a TF-Hub handle (default: %(default)s; env AVE_YAMNET)")
-    sp.add_argument("--folds", help="comma-separated fold indices 0-3 (default: all four)")
-    sp.add_argument("--set", action="append", metavar="KEY=VALUE",
-                    help="override a recipe field, e.g. --set epochs=5 --set seeds=0,1,2 (see training/speech.py)")
+    _add_common(sp)
     sp.add_argument("--speaker-dependent", action="store_true",
                     help="also measure the (optimistic) speaker-dependent random split, labelled as such")
     sp.add_argument("--ablation", action="store_true", help="run the ablation variants (resumable) into "
                     "reports/speech_ablation.json instead of the main CV")
-    sp.add_argument("--out", help="reports folder (default: <repo>/reports)")
-    sp.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache (env AVE_CACHE)")
-    sp.add_argument("--quiet", action="store_true", help="no progress bars")
     sp.set_defaults(func=cmd_speech)
+    fa = sub.add_parser("fusion-au", help="model-level fusion of speech + OpenFace action units, 4-fold CV",
+                        description="Fuse the speech branch with a small action-unit branch (per-clip OpenFace "
+                                    "means of the RAVDESS AV videos) at model level; three heads (fused, speech, "
+                                    "AU); writes reports/fusion_au_cv.json and fusion_au.md.")
+    _add_common(fa)
+    fa.add_argument("--au", default=str(ravdess_au_csv()), help="per-clip action-unit CSV (default: %(default)s)")
+    fa.set_defaults(func=cmd_fusion_au)
     return ap
 
 

@@ -44,6 +44,7 @@ class SpeechRecipe:
     patience: int = 10
     test_hop_frames: int = 48            # Params.patch_hop_frames at evaluation (0.48 s)
     seeds: tuple[int, ...] = (0,)        # >1 seed: an ensemble whose probabilities are averaged
+    refit: bool = False                  # after selection, retrain on fit + val actors for the best epoch count
 
     def replace(self, **kw) -> "SpeechRecipe":
         return dataclasses.replace(self, **kw)
@@ -285,7 +286,31 @@ def train_fold(train_ps: PatchSet, test_ps: PatchSet, labels: np.ndarray, clip_a
             if wait >= r.patience:
                 break
     model.set_weights(best_w)
+    if r.refit and len(val_clips):
+        # the validation actors only chose the epoch count; now they train too (test actors never do)
+        keras.utils.set_random_seed(seed + 1000)
+        all_clips = np.concatenate([fit_clips, val_clips])
+        std = Standardizer.fit(train_ps, clip_actor, all_clips, r.feature_norm)
+        model = compile_head(build_head(r, p), r, p)
+        for _ in range(best_epoch):
+            x, y = make_epoch(train_ps, all_clips, labels, std, clip_actor, r, rng, p.num_classes)
+            model.fit(x, y, batch_size=r.batch_size, epochs=1, verbose=0)
     acc, patch_acc, ids, pred, probs = clip_accuracy(model, test_ps, test_clips, labels, std, clip_actor)
     return {"model": model, "standardizer": std, "val_actors": val_actors, "best_epoch": best_epoch,
             "val_clip_accuracy": best, "history": history, "clip_accuracy": acc, "patch_accuracy": patch_acc,
             "test_rows": test_ps.of_clips(test_clips), "probs": probs}
+
+
+def build_inference_model(weights, head, mean: np.ndarray, std: np.ndarray, batch_size: int | None = 1,
+                          p: Params = Params(), name: str = "speech_model"):
+    """(batch, 96, 64) log-mel patch -> (batch, 8): frozen trunk + fixed standardization + trained head.
+
+    Static shapes at batch 1 by default, ready for TFLite export (the BiLSTM is unrolled).
+    """
+    import keras
+
+    from training.yamnet import build_trunk
+    x_in = keras.Input((p.patch_frames, p.mel_bands), batch_size=batch_size, name="log_mel_patch")
+    a3 = build_trunk(weights)(x_in)                                        # (b, 24, 16, 64)
+    z = keras.layers.Normalization(axis=-1, mean=mean, variance=np.square(std), name="a3_standardize")(a3)
+    return keras.Model(x_in, head(z), name=name)

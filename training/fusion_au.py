@@ -1,0 +1,173 @@
+"""Model-level fusion of the speech branch with a small action-unit branch (the real paired result).
+
+The only visual signal paired with RAVDESS audio on these machines is the per-clip mean of 35
+OpenFace 2.0 action units (17 intensities, 18 presences) of each audio-visual video. Each
+speech patch of a clip is paired with that clip's AU vector, the paper's triple (S_i, F_i, L_i)
+with the face replaced by the AU vector. The model has three heads from one graph:
+
+    speech patch (activation_3) -> speech layers -> speech_embedding -+-> speech_probs
+    AU vector (35)              -> au layers     -> au_embedding     -+-> au_probs
+                                           concat -> dense -> fused_probs
+
+All three train together (summed cross-entropies) so each single-modality head stays usable as a
+fallback. Same actor-independent folds as speech; clip prediction = majority vote of patches.
+
+    edge-train fusion-au --data ../shared/data/ravdess/speech16k --au ../shared/data/ravdess/openface_au_clip_means.csv
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edge.params import Params
+from training.ravdess import parse_name
+from training.speech import SpeechRecipe, Standardizer, build_head, choose_val_actors, spec_augment, vote
+
+log = logging.getLogger(__name__)
+
+HEADS = ("fused", "speech", "au")
+
+
+def load_au(csv_path: str | Path) -> dict[str, np.ndarray]:
+    """clip_key -> (35,) float32 action units. Rows with a bad clip_id or non-finite values are refused."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"action-unit table not found: {csv_path} (set --au or AVE_SHARED)")
+    out = {}
+    with csv_path.open() as f:
+        reader = csv.DictReader(f)
+        cols = [c for c in reader.fieldnames or [] if c.startswith("AU")]
+        if len(cols) != 35:
+            raise ValueError(f"{csv_path}: expected 35 AU columns, found {len(cols)}")
+        for i, row in enumerate(reader, start=2):
+            v = np.array([float(row[c]) for c in cols], np.float32)
+            if not np.all(np.isfinite(v)):
+                raise ValueError(f"{csv_path}:{i}: non-finite action unit in {row['clip_id']}")
+            out[parse_name(row["clip_id"]).clip_key] = v
+    return out
+
+
+def build_fusion(recipe: SpeechRecipe, n_au: int = 35, p: Params = Params(), au_units: int = 64):
+    """Three-head model: inputs activation_3 (24,16,64) and AU (n_au,), outputs fused/speech/au probs."""
+    import keras
+    from keras import layers as L
+    head = build_head(recipe, p)
+    speech_in = head.input
+    speech_emb = head.get_layer("speech_embedding").output
+    speech_probs = head.output
+    au_in = keras.Input((n_au,), name="au")
+    a = L.Dense(au_units, activation="relu", name="au_dense1")(au_in)
+    a = L.Dropout(recipe.dropout, name="au_dropout")(a)
+    au_emb = L.Dense(au_units // 2, activation="relu", name="au_embedding")(a)
+    au_probs = L.Dense(p.num_classes, activation="softmax", name="au_probs")(au_emb)
+    z = L.Concatenate(name="fusion_concat")([L.Dropout(recipe.dropout, name="fusion_speech_drop")(speech_emb), au_emb])
+    z = L.Dense(64, activation="relu", name="fusion_dense")(z)
+    z = L.Dropout(recipe.dropout, name="fusion_dropout")(z)
+    fused = L.Dense(p.num_classes, activation="softmax", name="fused_probs")(z)
+    model = keras.Model([speech_in, au_in], {"fused_probs": fused, "speech_probs": speech_probs,
+                                              "au_probs": au_probs}, name="fusion_au")
+    model.compile(optimizer=keras.optimizers.Adam(p.learning_rate),
+                  loss={k: keras.losses.CategoricalCrossentropy() for k in ("fused_probs", "speech_probs",
+                                                                           "au_probs")})
+    return model
+
+
+def _au_standardize(au: np.ndarray, clip_actor: np.ndarray, fit_clips: np.ndarray, per_actor: bool) -> np.ndarray:
+    out = np.empty_like(au)
+    mu, sd = au[fit_clips].mean(0), au[fit_clips].std(0) + 1e-3
+    for a in np.unique(clip_actor):
+        rows = clip_actor == a
+        if per_actor:
+            mu_a, sd_a = au[rows].mean(0), au[rows].std(0) + 1e-3
+            out[rows] = (au[rows] - mu_a) / sd_a
+        else:
+            out[rows] = (au[rows] - mu) / sd
+    return out
+
+
+def _predict(model, ps, rows, std, clip_actor, au_z) -> dict[str, np.ndarray]:
+    x = std.apply(ps.x[rows], clip_actor[ps.clip[rows]])
+    out = model.predict([x, au_z[ps.clip[rows]]], batch_size=256, verbose=0)
+    return {h: out[f"{h}_probs"] for h in HEADS}
+
+
+def _clip_acc(probs: np.ndarray, clip: np.ndarray, labels: np.ndarray) -> float:
+    ids, pred = vote(probs, clip)
+    return float(np.mean(pred == labels[ids]))
+
+
+def train_fold(prep: dict, au: np.ndarray, test_actors: list[int], r: SpeechRecipe, p: Params = Params(),
+               seed: int = 0, per_actor_au: bool = True) -> dict:
+    import keras
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    train_ps, test_ps, labels, clip_actor = prep["train_ps"], prep["test_ps"], prep["labels"], prep["clip_actor"]
+    train_actors = [a for a in sorted(set(clip_actor.tolist())) if a not in test_actors]
+    val_actors = choose_val_actors(train_actors, r.val_actors, seed) if r.val_actors else []
+    fit_clips = np.flatnonzero(np.isin(clip_actor, [a for a in train_actors if a not in val_actors]))
+    val_clips = np.flatnonzero(np.isin(clip_actor, val_actors))
+    test_clips = np.flatnonzero(np.isin(clip_actor, test_actors))
+    std = Standardizer.fit(train_ps, clip_actor, fit_clips, r.feature_norm)
+    au_z = _au_standardize(au, clip_actor, fit_clips, per_actor_au)
+    model = build_fusion(r, au.shape[1], p)
+    eye = np.eye(p.num_classes, dtype=np.float32)
+    best, best_w, best_epoch, wait = -1.0, None, 0, 0
+    val_rows = test_ps.of_clips(val_clips)
+    for epoch in range(r.epochs):
+        rows = np.concatenate([rng.choice(np.flatnonzero(train_ps.clip == c), r.patches_per_clip)
+                               for c in fit_clips])
+        rng.shuffle(rows)
+        x = std.apply(train_ps.x[rows], clip_actor[train_ps.clip[rows]])
+        x += rng.normal(0, r.noise_std, x.shape).astype(np.float32) if r.noise_std else 0
+        x = spec_augment(x, r, rng)
+        a = au_z[train_ps.clip[rows]] + rng.normal(0, 0.1, (len(rows), au.shape[1])).astype(np.float32)
+        y = eye[labels[train_ps.clip[rows]]]
+        if r.mixup_alpha > 0:
+            lam = rng.beta(r.mixup_alpha, r.mixup_alpha, len(x)).astype(np.float32)
+            lam = np.maximum(lam, 1 - lam)
+            j = rng.permutation(len(x))
+            x = lam[:, None, None, None] * x + (1 - lam[:, None, None, None]) * x[j]
+            a = lam[:, None] * a + (1 - lam[:, None]) * a[j]
+            y = lam[:, None] * y + (1 - lam[:, None]) * y[j]
+        model.fit([x, a], {"fused_probs": y, "speech_probs": y, "au_probs": y}, batch_size=r.batch_size,
+                  epochs=1, verbose=0)
+        val = _clip_acc(_predict(model, test_ps, val_rows, std, clip_actor, au_z)["fused"],
+                        test_ps.clip[val_rows], labels) if len(val_rows) else 0.0
+        log.debug("epoch %d val fused %.3f", epoch + 1, val)
+        if val > best or not len(val_rows):
+            best, best_w, best_epoch, wait = val, model.get_weights(), epoch + 1, 0
+        else:
+            wait += 1
+            if wait >= r.patience:
+                break
+    model.set_weights(best_w)
+    rows = test_ps.of_clips(test_clips)
+    probs = _predict(model, test_ps, rows, std, clip_actor, au_z)
+    res = {"test_actors": test_actors, "val_actors": val_actors, "best_epoch": best_epoch,
+           "n_test_clips": int(len(test_clips))}
+    res.update({h: _clip_acc(probs[h], test_ps.clip[rows], labels) for h in HEADS})
+    return res
+
+
+def run_cv(prep: dict, au_table: dict[str, np.ndarray], r: SpeechRecipe, p: Params = Params(),
+           folds: list[int] | None = None) -> dict:
+    from tqdm import tqdm
+    t0 = time.time()
+    missing = [c.path.name for c in prep["clips"] if c.name.clip_key not in au_table]
+    if missing:
+        raise ValueError(f"{len(missing)} speech clips have no action-unit row, e.g. {missing[:3]}")
+    au = np.stack([au_table[c.name.clip_key] for c in prep["clips"]])
+    out = []
+    for fi in tqdm(folds if folds is not None else range(len(p.folds)), desc="fusion-au folds"):
+        res = train_fold(prep, au, list(p.folds[fi]), r, p)
+        log.info("fold %s: fused %.3f speech %.3f au %.3f", res["test_actors"], res["fused"], res["speech"], res["au"])
+        out.append(res)
+    summary = {h: float(np.mean([f[h] for f in out])) for h in HEADS}
+    return {**summary, "folds": out, "protocol": "actor-independent 4-fold CV, clip = majority vote of patch "
+            "predictions; AU = per-clip OpenFace means of the RAVDESS AV video", "recipe": dataclasses.asdict(r),
+            "folds_map": [list(f) for f in p.folds], "cv_minutes": (time.time() - t0) / 60}
