@@ -52,3 +52,8 @@ def cremad_dir() -> Path:
 def yamnet_weights(yamnet_tflite):
     from training.yamnet import load_weights
     return load_weights(yamnet_tflite)
+
+
+@pytest.fixture(scope="session")
+def fer2013_dir() -> Path:
+    return _need("data/fer2013")

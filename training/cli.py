@@ -178,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(fa)
     fa.add_argument("--au", default=str(ravdess_au_csv()), help="per-clip action-unit CSV (default: %(default)s)")
     fa.set_defaults(func=cmd_fusion_au)
+    from training.face_cli import add_face_parser
+    add_face_parser(sub)
     return ap
 
 

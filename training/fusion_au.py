@@ -26,7 +26,7 @@ import numpy as np
 
 from edge.params import Params
 from training.ravdess import parse_name
-from training.speech import SpeechRecipe, Standardizer, build_head, choose_val_actors, spec_augment, vote
+from training.speech import ModelSelector, SpeechRecipe, Standardizer, build_head, choose_val_actors, spec_augment, vote
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +116,8 @@ def train_fold(prep: dict, au: np.ndarray, test_actors: list[int], r: SpeechReci
     au_z = _au_standardize(au, clip_actor, fit_clips, per_actor_au)
     model = build_fusion(r, au.shape[1], p)
     eye = np.eye(p.num_classes, dtype=np.float32)
-    best, best_w, best_epoch, wait = -1.0, None, 0, 0
     val_rows = test_ps.of_clips(val_clips)
+    selector = ModelSelector(r.patience, bool(len(val_rows)))
     for epoch in range(r.epochs):
         rows = np.concatenate([rng.choice(np.flatnonzero(train_ps.clip == c), r.patches_per_clip)
                                for c in fit_clips])
@@ -139,16 +139,12 @@ def train_fold(prep: dict, au: np.ndarray, test_actors: list[int], r: SpeechReci
         val = _clip_acc(_predict(model, test_ps, val_rows, std, clip_actor, au_z)["fused"],
                         test_ps.clip[val_rows], labels) if len(val_rows) else 0.0
         log.debug("epoch %d val fused %.3f", epoch + 1, val)
-        if val > best or not len(val_rows):
-            best, best_w, best_epoch, wait = val, model.get_weights(), epoch + 1, 0
-        else:
-            wait += 1
-            if wait >= r.patience:
-                break
-    model.set_weights(best_w)
+        if selector.update(model, val, epoch + 1):
+            break
+    model.set_weights(selector.best_weights)
     rows = test_ps.of_clips(test_clips)
     probs = _predict(model, test_ps, rows, std, clip_actor, au_z)
-    res = {"test_actors": test_actors, "val_actors": val_actors, "best_epoch": best_epoch,
+    res = {"test_actors": test_actors, "val_actors": val_actors, "best_epoch": selector.best_epoch,
            "n_test_clips": int(len(test_clips))}
     res.update({h: _clip_acc(probs[h], test_ps.clip[rows], labels) for h in HEADS})
     return res

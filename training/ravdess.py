@@ -86,16 +86,13 @@ class Clip:
         return self.name.label
 
 
-def index_speech(root: str | Path, exts: tuple[str, ...] = AUDIO_EXTS) -> tuple[list[Clip], list[str]]:
-    """All speech clips under root/Actor_NN/. Returns (clips sorted by name, skipped files with reasons).
-
-    Files whose names do not parse are skipped and returned with the reason (counted in reports);
-    a clip in the wrong actor folder is an error.
-    """
+def index_tree(root: str | Path, exts: tuple[str, ...], accept, what: str) -> tuple[list, list[str]]:
+    """Walk root/Actor_NN/* for files with ``exts``; parse names; ``accept(path, name)`` returns a record
+    or a skip reason (str). Returns (records, skipped reasons). A file in the wrong actor folder is an error."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"RAVDESS speech folder not found: {root} (set --data or AVE_SHARED)")
-    clips, skipped = [], []
+        raise FileNotFoundError(f"RAVDESS {what} folder not found: {root} (set --data or AVE_SHARED)")
+    records, skipped = [], []
     for f in sorted(root.glob("Actor_*/*")):
         if f.suffix.lower() not in exts:
             continue
@@ -105,16 +102,29 @@ def index_speech(root: str | Path, exts: tuple[str, ...] = AUDIO_EXTS) -> tuple[
             skipped.append(str(e))
             log.warning("skipped: %s", e)
             continue
+        if f.parent.name != f"Actor_{n.actor:02d}":
+            raise RavdessNameError(f"{f}: actor {n.actor} in folder {f.parent.name}")
+        rec = accept(f, n)
+        if isinstance(rec, str):
+            skipped.append(rec)
+        else:
+            records.append(rec)
+    if not records:
+        raise FileNotFoundError(f"no RAVDESS {what} files ({', '.join(exts)}) under {root}")
+    return records, skipped
+
+
+def index_speech(root: str | Path, exts: tuple[str, ...] = AUDIO_EXTS) -> tuple[list[Clip], list[str]]:
+    """All speech clips under root/Actor_NN/. Returns (clips sorted by name, skipped files with reasons).
+
+    Files whose names do not parse are skipped and returned with the reason (counted in reports);
+    a clip in the wrong actor folder is an error.
+    """
+    def accept(f: Path, n: RavdessName):
         if n.modality != 3 or n.channel != 1:
-            skipped.append(f"{f}: not audio-only speech (modality {n.modality}, channel {n.channel})")
-            continue
-        folder = f.parent.name
-        if folder != f"Actor_{n.actor:02d}":
-            raise RavdessNameError(f"{f}: actor {n.actor} in folder {folder}")
-        clips.append(Clip(f, n))
-    if not clips:
-        raise FileNotFoundError(f"no RAVDESS speech clips (03-01-*.flac/.wav) under {root}")
-    return clips, skipped
+            return f"{f}: not audio-only speech (modality {n.modality}, channel {n.channel})"
+        return Clip(f, n)
+    return index_tree(root, exts, accept, "speech")
 
 
 def file_hash(path: Path) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.params import Params
-from training.ravdess import RavdessName, RavdessNameError, file_hash, parse_name
+from training.ravdess import RavdessName, file_hash, index_tree
 
 log = logging.getLogger(__name__)
 
@@ -41,28 +41,11 @@ class VideoClip:
 
 def index_video(root: str | Path) -> tuple[list[VideoClip], list[str]]:
     """Audio-visual (01) or video-only (02) speech videos under root/Actor_NN/; bad names skipped and returned."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"RAVDESS video folder not found: {root}")
-    clips, skipped = [], []
-    for f in sorted(root.glob("Actor_*/*")):
-        if f.suffix.lower() not in VIDEO_EXTS:
-            continue
-        try:
-            n = parse_name(f)
-        except RavdessNameError as e:
-            skipped.append(str(e))
-            log.warning("skipped: %s", e)
-            continue
+    def accept(f: Path, n: RavdessName):
         if n.modality not in (1, 2) or n.channel != 1:
-            skipped.append(f"{f}: not a speech video (modality {n.modality}, channel {n.channel})")
-            continue
-        if f.parent.name != f"Actor_{n.actor:02d}":
-            raise RavdessNameError(f"{f}: actor {n.actor} in folder {f.parent.name}")
-        clips.append(VideoClip(f, n))
-    if not clips:
-        raise FileNotFoundError(f"no RAVDESS speech videos (01-01-*.mp4 or 02-01-*.mp4) under {root}")
-    return clips, skipped
+            return f"{f}: not a speech video (modality {n.modality}, channel {n.channel})"
+        return VideoClip(f, n)
+    return index_tree(root, VIDEO_EXTS, accept, "video")
 
 
 def _key(path: Path, p: Params, detector_kwargs: dict) -> str:

@@ -33,8 +33,9 @@ def results_table() -> str:
                         f"clip split, same actors in train and test (optimistic; not the paper's protocol) |")
     f = _load("face_fer2013.json")
     if f:
+        partial = "" if f.get("complete", True) else f"; **partial: {f['epochs']} of {f['planned_epochs']} epochs**"
         rows.append(f"| face CNN, FER2013 validation | {100 * f['val_accuracy']:.2f}% | 67.85% (RAVDESS video) | "
-                    f"{f['params']:,} params, 7 FER classes ([face.md](reports/face.md)) |")
+                    f"{f['params']:,} params, 7 FER classes{partial} ([face.md](reports/face.md)) |")
     fu = _load("fusion_au_cv.json")
     if fu:
         rows.append(f"| fusion speech + action units | {100 * fu['fused']:.2f}% | 81.04% (speech + face) | "

@@ -218,6 +218,25 @@ def vote(probs: np.ndarray, clip: np.ndarray, n_clips: int | None = None) -> tup
 
 # ------------------------------------------------------------------ one fold
 
+class ModelSelector:
+    """Keep the weights of the best validation epoch; stop after ``patience`` epochs without gain.
+
+    With no validation clips every epoch counts as the best (the last weights are kept).
+    """
+
+    def __init__(self, patience: int, has_validation: bool = True):
+        self.patience, self.has_validation = patience, has_validation
+        self.best, self.best_weights, self.best_epoch, self.wait = -1.0, None, 0, 0
+
+    def update(self, model, score: float, epoch: int) -> bool:
+        """Record this epoch; True when training should stop."""
+        if score > self.best or not self.has_validation:
+            self.best, self.best_weights, self.best_epoch, self.wait = score, model.get_weights(), epoch, 0
+            return False
+        self.wait += 1
+        return self.wait >= self.patience
+
+
 def choose_val_actors(train_actors: list[int], n: int, seed: int = 0) -> list[int]:
     """n validation actors from the training actors, half male (odd) half female (even)."""
     rng = np.random.default_rng(seed)
@@ -271,7 +290,7 @@ def train_fold(train_ps: PatchSet, test_ps: PatchSet, labels: np.ndarray, clip_a
     test_clips = np.flatnonzero(np.isin(clip_actor, test_actors))
     std = Standardizer.fit(train_ps, clip_actor, fit_clips, r.feature_norm)
     model = compile_head(build_head(r, p), r, p)
-    best, best_w, best_epoch, wait, history = -1.0, None, 0, 0, []
+    selector, history = ModelSelector(r.patience, bool(len(val_clips))), []
     bar = tqdm(range(r.epochs), desc=f"fold {test_actors[0]}-{test_actors[-1]} seed {seed}", disable=not progress)
     for epoch in bar:
         x, y = make_epoch(train_ps, fit_clips, labels, std, clip_actor, r, rng, p.num_classes)
@@ -279,13 +298,10 @@ def train_fold(train_ps: PatchSet, test_ps: PatchSet, labels: np.ndarray, clip_a
         val_acc = clip_accuracy(model, test_ps, val_clips, labels, std, clip_actor)[0] if len(val_clips) else 0.0
         history.append({"epoch": epoch + 1, "loss": float(h.history["loss"][0]), "val_clip_accuracy": val_acc})
         bar.set_postfix(loss=f"{h.history['loss'][0]:.3f}", val=f"{val_acc:.3f}")
-        if val_acc > best or not len(val_clips):
-            best, best_w, best_epoch, wait = val_acc, model.get_weights(), epoch + 1, 0
-        else:
-            wait += 1
-            if wait >= r.patience:
-                break
-    model.set_weights(best_w)
+        if selector.update(model, val_acc, epoch + 1):
+            break
+    model.set_weights(selector.best_weights)
+    best, best_epoch = selector.best, selector.best_epoch
     if r.refit and len(val_clips):
         # the validation actors only chose the epoch count; now they train too (test actors never do)
         keras.utils.set_random_seed(seed + 1000)
