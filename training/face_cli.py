@@ -63,7 +63,7 @@ def cmd_face(args: argparse.Namespace) -> int:
     from edge.params import Params
     from training.face import QUICK, FaceRecipe, predict_probs, stratified_subset, to_model_input, train_face
     from training.fer2013 import FER_TO_RAVDESS, class_counts, load_split
-    from training.paths import cache_dir, reports_dir
+    from training.paths import cache_dir, reports_dir, shared_root
     p = Params()
     recipe = QUICK if args.quick else FaceRecipe()
     if args.epochs:
@@ -119,6 +119,12 @@ def cmd_face(args: argparse.Namespace) -> int:
         "history": hist,
         "wall_minutes_this_call": (time.time() - t_start) / 60,
     })
+    cremad = shared_root() / "data" / "cremad"
+    if cremad.is_dir():
+        from training.cremad import face_votes
+        result["cremad_votes"] = face_votes(model, cremad, p)
+    else:
+        log.warning("CREMA-D clips not found at %s: no per-clip votes in the report", cremad)
     write_reports(result, out, p)
     print(json.dumps({k: result[k] for k in ("val_accuracy", "val_accuracy_flip_tta", "params", "epochs",
                                              "train_minutes")}))
@@ -179,6 +185,13 @@ def face_markdown(r: dict) -> str:
         if (h["epoch"] - 1) % step == 0 or h["epoch"] == len(hist) or h["epoch"] == r["best_epoch"]:
             lines.append(f"| {h['epoch']} | {h['lr']:.1e} | {h['loss']:.3f} | {100 * h['accuracy']:.1f}% | "
                          f"{100 * h['val_accuracy']:.1f}% | {h['seconds']:.0f} |")
+    if r.get("cremad_votes"):
+        v = r["cremad_votes"]
+        lines += ["", f"## Real video: the six CREMA-D clips ({sum(x['correct'] for x in v)} of {len(v)} correct)", "",
+                  "Edge MTCNN cascade -> 60x60 grey faces -> key faces (r = 4) -> this CNN -> majority vote.", "",
+                  "| clip | true | predicted | frames | faces | key faces | votes |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {x['clip']} | {x['true']} | {x['predicted']} | {x['frames']} | {x['faces']} | {x['key_faces']} | "
+                  + ", ".join(f"{k} {n}" for k, n in x["votes"].items()) + " |" for x in v]
     lines += ["", "Recipe: `" + json.dumps(r["recipe"]) + "`", ""]
     return "\n".join(lines)
 
