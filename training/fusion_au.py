@@ -52,29 +52,22 @@ def load_au(csv_path: str | Path) -> dict[str, np.ndarray]:
     return out
 
 
-def build_fusion(recipe: SpeechRecipe, n_au: int = 35, p: Params = Params(), au_units: int = 64):
-    """Three-head model: inputs activation_3 (24,16,64) and AU (n_au,), outputs fused/speech/au probs."""
+def build_au_branch(n_au: int = 35, p: Params = Params(), units: int = 64, dropout: float = 0.3):
+    """(None, n_au) standardized action units -> (None, 8); hidden layer ``au_embedding``."""
     import keras
     from keras import layers as L
-    head = build_head(recipe, p)
-    speech_in = head.input
-    speech_emb = head.get_layer("speech_embedding").output
-    speech_probs = head.output
     au_in = keras.Input((n_au,), name="au")
-    a = L.Dense(au_units, activation="relu", name="au_dense1")(au_in)
-    a = L.Dropout(recipe.dropout, name="au_dropout")(a)
-    au_emb = L.Dense(au_units // 2, activation="relu", name="au_embedding")(a)
-    au_probs = L.Dense(p.num_classes, activation="softmax", name="au_probs")(au_emb)
-    z = L.Concatenate(name="fusion_concat")([L.Dropout(recipe.dropout, name="fusion_speech_drop")(speech_emb), au_emb])
-    z = L.Dense(64, activation="relu", name="fusion_dense")(z)
-    z = L.Dropout(recipe.dropout, name="fusion_dropout")(z)
-    fused = L.Dense(p.num_classes, activation="softmax", name="fused_probs")(z)
-    model = keras.Model([speech_in, au_in], {"fused_probs": fused, "speech_probs": speech_probs,
-                                              "au_probs": au_probs}, name="fusion_au")
-    model.compile(optimizer=keras.optimizers.Adam(p.learning_rate),
-                  loss={k: keras.losses.CategoricalCrossentropy() for k in ("fused_probs", "speech_probs",
-                                                                           "au_probs")})
-    return model
+    a = L.Dense(units, activation="relu", name="au_dense1")(au_in)
+    a = L.Dropout(dropout, name="au_dropout")(a)
+    emb = L.Dense(units // 2, activation="relu", name="au_embedding")(a)
+    return keras.Model(au_in, L.Dense(p.num_classes, activation="softmax", name="au_probs")(emb), name="au_branch")
+
+
+def build_fusion(recipe: SpeechRecipe, n_au: int = 35, p: Params = Params()):
+    """Three-head model: inputs activation_3 (24,16,64) and AU (n_au,), outputs fused/speech/au probs."""
+    from training.fusion import fuse
+    return fuse(build_head(recipe, p), build_au_branch(n_au, p, dropout=recipe.dropout), "au", p,
+                dropout=recipe.dropout)
 
 
 def _au_standardize(au: np.ndarray, clip_actor: np.ndarray, fit_clips: np.ndarray, per_actor: bool) -> np.ndarray:
