@@ -12,31 +12,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edge.params import Params
-from training.ravdess import RavdessName, file_hash, index_tree
+from training.ravdess import Clip, RavdessName, file_hash, index_tree
 
 log = logging.getLogger(__name__)
 
 VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".avi", ".flv")
 
 
-@dataclass(frozen=True)
-class VideoClip:
-    path: Path
-    name: RavdessName
-
-    @property
-    def actor(self) -> int:
-        return self.name.actor
-
-    @property
-    def label(self) -> int:
-        return self.name.label
+# A video is indexed like a speech clip: its path and parsed RAVDESS name.
+VideoClip = Clip
 
 
 def index_video(root: str | Path) -> tuple[list[VideoClip], list[str]]:
