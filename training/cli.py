@@ -124,7 +124,7 @@ def cmd_fusion_au(args: argparse.Namespace) -> int:
     folds = [int(f) for f in args.folds.split(",")] if args.folds else None
     au = load_au(args.au)
     prep = prepare(args.data, args.yamnet, recipe, p, None if args.no_cache else cache_dir(), not args.quiet)
-    res = run_cv(prep, au, recipe, p, folds)
+    res = run_cv(prep, au, recipe, p, folds, progress=not args.quiet)
     res["command"] = "edge-train " + " ".join(args.argv)
     out.mkdir(parents=True, exist_ok=True)
     (out / "fusion_au_cv.json").write_text(json.dumps(res, indent=2))

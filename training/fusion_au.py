@@ -144,7 +144,7 @@ def train_fold(prep: dict, au: np.ndarray, test_actors: list[int], r: SpeechReci
 
 
 def run_cv(prep: dict, au_table: dict[str, np.ndarray], r: SpeechRecipe, p: Params = Params(),
-           folds: list[int] | None = None) -> dict:
+           folds: list[int] | None = None, progress: bool = True) -> dict:
     from tqdm import tqdm
     t0 = time.time()
     missing = [c.path.name for c in prep["clips"] if c.name.clip_key not in au_table]
@@ -152,7 +152,7 @@ def run_cv(prep: dict, au_table: dict[str, np.ndarray], r: SpeechRecipe, p: Para
         raise ValueError(f"{len(missing)} speech clips have no action-unit row, e.g. {missing[:3]}")
     au = np.stack([au_table[c.name.clip_key] for c in prep["clips"]])
     out = []
-    for fi in tqdm(folds if folds is not None else range(len(p.folds)), desc="fusion-au folds"):
+    for fi in tqdm(folds if folds is not None else range(len(p.folds)), desc="fusion-au folds", disable=not progress):
         res = train_fold(prep, au, list(p.folds[fi]), r, p)
         log.info("fold %s: fused %.3f speech %.3f au %.3f", res["test_actors"], res["fused"], res["speech"], res["au"])
         out.append(res)
