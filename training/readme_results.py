@@ -38,8 +38,9 @@ def results_table() -> str:
                     f"{f['params']:,} params, 7 FER classes{partial} ([face.md](reports/face.md)) |")
     fu = _load("fusion_au_cv.json")
     if fu:
-        rows.append(f"| fusion speech + action units | {100 * fu['fused']:.2f}% | 81.04% (speech + face) | "
-                    f"actor-independent 4-fold CV |")
+        rows.append(f"| fusion: speech + OpenFace action units (real pairs) | **{100 * fu['fused']:.2f}%** | 81.04% "
+                    f"(speech + face) | actor-independent 4-fold CV, one graph with three heads: speech head "
+                    f"{100 * fu['speech']:.2f}%, AU head {100 * fu['au']:.2f}% ([fusion_au.md](reports/fusion_au.md)) |")
     fp = _load("frontend_parity.json")
     if fp:
         rows.append(f"| front end vs yamnet.tflite | windowed frames max diff {fp['windowed_frames_max_abs_diff']:.1e}; "
