@@ -128,15 +128,8 @@ def cmd_fusion_au(args: argparse.Namespace) -> int:
     res["command"] = "edge-train " + " ".join(args.argv)
     out.mkdir(parents=True, exist_ok=True)
     (out / "fusion_au_cv.json").write_text(json.dumps(res, indent=2))
-    lines = ["# Model-level fusion: speech + OpenFace action units (RAVDESS, actor-independent 4-fold)", "",
-             f"Command: `{res['command']}`", "",
-             "One graph, three heads trained together; clip = majority vote of its patches.", "",
-             "| test actors | fused | speech head | AU head |", "|---|---|---|---|"]
-    lines += [f"| {f['test_actors']} | {100 * f['fused']:.2f}% | {100 * f['speech']:.2f}% | {100 * f['au']:.2f}% |"
-              for f in res["folds"]]
-    lines += [f"| **mean** | **{100 * res['fused']:.2f}%** | {100 * res['speech']:.2f}% | {100 * res['au']:.2f}% |", "",
-              f"Paper (speech + face video): 81.04%. CV time {res['cv_minutes']:.1f} min.", ""]
-    (out / "fusion_au.md").write_text("\n".join(lines))
+    from training.fusion_au import markdown
+    (out / "fusion_au.md").write_text(markdown(res, out))
     print(json.dumps({k: res[k] for k in ("fused", "speech", "au", "cv_minutes")}))
     return 0
 
