@@ -83,7 +83,7 @@ def build_head(recipe: SpeechRecipe, p: Params = Params(), name: str = "speech_h
     return keras.Model(x_in, out, name=name)
 
 
-def compile_head(model, recipe: SpeechRecipe, p: Params = Params(), steps: int | None = None):
+def compile_head(model, recipe: SpeechRecipe, p: Params = Params()):
     import keras
     model.compile(optimizer=keras.optimizers.Adam(p.learning_rate),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),

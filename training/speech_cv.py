@@ -23,13 +23,11 @@ log = logging.getLogger(__name__)
 
 
 def prepare(data: str | Path, yamnet: str, recipe: SpeechRecipe, p: Params = Params(),
-            cache: Path | None = None, progress: bool = True, actors: list[int] | None = None) -> dict:
+            cache: Path | None = None, progress: bool = True) -> dict:
     """Index, features (cached), log-mel normalisation, and trunk activations at train and test hop."""
     from training.yamnet import build_trunk, load_weights
     weights = load_weights(yamnet)                       # fail early on a bad weights path
     clips, skipped_names = index_speech(data)
-    if actors is not None:
-        clips = [c for c in clips if c.actor in actors]
     clips, feats, skipped_audio = load_features(clips, p, cache, progress)
     clip_actor = np.array([c.actor for c in clips])
     labels = np.array([c.label for c in clips])
@@ -44,12 +42,12 @@ def prepare(data: str | Path, yamnet: str, recipe: SpeechRecipe, p: Params = Par
 
 
 def run_cv(prep: dict, recipe: SpeechRecipe, p: Params = Params(), folds: list[int] | None = None,
-           progress: bool = True, keep_models: bool = False) -> dict:
-    """Run the folds (all by default); returns the speech_cv.json content (+ models if asked)."""
+           progress: bool = True) -> dict:
+    """Run the folds (all by default); returns the speech_cv.json content."""
     t0 = time.time()
     labels, clip_actor = prep["labels"], prep["clip_actor"]
     test_ps = prep["test_ps"]
-    fold_results, all_true, all_pred, models = [], [], [], []
+    fold_results, all_true, all_pred = [], [], []
     for fi in (folds if folds is not None else range(len(p.folds))):
         test_actors = list(p.folds[fi])
         runs = [train_fold(prep["train_ps"], test_ps, labels, clip_actor, test_actors, recipe, p, seed, progress)
@@ -68,8 +66,6 @@ def run_cv(prep: dict, recipe: SpeechRecipe, p: Params = Params(), folds: list[i
         fold_results.append(fold)
         all_true.append(labels[ids])
         all_pred.append(pred)
-        if keep_models:
-            models.append(runs)
     accs = [f["clip_accuracy"] for f in fold_results]
     n_per_clip = np.bincount(test_ps.clip, minlength=len(labels))
     trimmed = np.array([f.seconds_trimmed for f in prep["feats"]])
@@ -93,8 +89,6 @@ def run_cv(prep: dict, recipe: SpeechRecipe, p: Params = Params(), folds: list[i
         "cv_minutes": (time.time() - t0) / 60,
         "machine": {"cpu_count": __import__("os").cpu_count(), "python": platform.python_version()},
     }
-    if keep_models:
-        result["_models"] = models
     return result
 
 
