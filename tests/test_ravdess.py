@@ -71,3 +71,16 @@ def test_validation_actors_come_from_training_actors():
     train = [a for a in range(1, 25) if a not in Params().folds[0]]
     val = choose_val_actors(train, 4, seed=3)
     assert set(val) <= set(train) and sum(a % 2 for a in val) == 2
+
+
+def test_mixup_mixes_inputs_and_labels_alike():
+    from training.speech import mixup
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(32, 3, 2)), rng.normal(size=(32, 5))
+    y = np.eye(4)[rng.integers(0, 4, 32)]
+    (ma, mb), my = mixup([a, b], y, 0.4, rng)
+    assert ma.shape == a.shape and mb.shape == b.shape
+    np.testing.assert_allclose(my.sum(1), 1.0)
+    assert (my.max(1) >= 0.5 - 1e-6).all()                  # each sample keeps the larger share
+    (same,), y2 = mixup([a], y, 0.0, rng)
+    assert same is a and y2 is y

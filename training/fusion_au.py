@@ -26,7 +26,16 @@ import numpy as np
 
 from edge.params import Params
 from training.ravdess import parse_name
-from training.speech import ModelSelector, SpeechRecipe, Standardizer, build_head, choose_val_actors, spec_augment, vote
+from training.speech import (
+    ModelSelector,
+    SpeechRecipe,
+    Standardizer,
+    build_head,
+    choose_val_actors,
+    mixup,
+    spec_augment,
+    vote,
+)
 
 log = logging.getLogger(__name__)
 
@@ -120,13 +129,7 @@ def train_fold(prep: dict, au: np.ndarray, test_actors: list[int], r: SpeechReci
         x = spec_augment(x, r, rng)
         a = au_z[train_ps.clip[rows]] + rng.normal(0, 0.1, (len(rows), au.shape[1])).astype(np.float32)
         y = eye[labels[train_ps.clip[rows]]]
-        if r.mixup_alpha > 0:
-            lam = rng.beta(r.mixup_alpha, r.mixup_alpha, len(x)).astype(np.float32)
-            lam = np.maximum(lam, 1 - lam)
-            j = rng.permutation(len(x))
-            x = lam[:, None, None, None] * x + (1 - lam[:, None, None, None]) * x[j]
-            a = lam[:, None] * a + (1 - lam[:, None]) * a[j]
-            y = lam[:, None] * y + (1 - lam[:, None]) * y[j]
+        (x, a), y = mixup([x, a], y, r.mixup_alpha, rng)
         model.fit([x, a], {"fused_probs": y, "speech_probs": y, "au_probs": y}, batch_size=r.batch_size,
                   epochs=1, verbose=0)
         val = _clip_acc(_predict(model, test_ps, val_rows, std, clip_actor, au_z)["fused"],

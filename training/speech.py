@@ -188,14 +188,18 @@ def spec_augment(x: np.ndarray, r: SpeechRecipe, rng: np.random.Generator) -> np
     return x
 
 
-def mixup(x: np.ndarray, y: np.ndarray, alpha: float, rng: np.random.Generator):
+def mixup(arrays: list[np.ndarray], y: np.ndarray, alpha: float, rng: np.random.Generator):
+    """Mix every input array and the one-hot labels with the same partner and weight per sample."""
     if alpha <= 0:
-        return x, y
-    lam = rng.beta(alpha, alpha, len(x)).astype(np.float32)
-    lam = np.maximum(lam, 1 - lam)
-    j = rng.permutation(len(x))
-    return (lam[:, None, None, None] * x + (1 - lam[:, None, None, None]) * x[j],
-            lam[:, None] * y + (1 - lam[:, None]) * y[j])
+        return arrays, y
+    lam = rng.beta(alpha, alpha, len(y)).astype(np.float32)
+    lam = np.maximum(lam, 1 - lam)                         # the sample keeps the larger share
+    j = rng.permutation(len(y))
+
+    def mix(a: np.ndarray) -> np.ndarray:
+        w = lam.reshape((-1,) + (1,) * (a.ndim - 1))
+        return w * a + (1 - w) * a[j]
+    return [mix(a) for a in arrays], mix(y)
 
 
 # ------------------------------------------------------------------ voting
@@ -260,7 +264,8 @@ def make_epoch(ps: PatchSet, train_clips: np.ndarray, labels: np.ndarray, std: S
         x += rng.normal(0, r.noise_std, x.shape).astype(np.float32)
     x = spec_augment(x, r, rng)
     y = np.eye(k, dtype=np.float32)[labels[ps.clip[rows]]]
-    return mixup(x, y, r.mixup_alpha, rng)
+    (x,), y = mixup([x], y, r.mixup_alpha, rng)
+    return x, y
 
 
 def clip_accuracy(model, ps: PatchSet, clips: np.ndarray, labels: np.ndarray, std: Standardizer,
