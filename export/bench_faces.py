@@ -197,6 +197,17 @@ def print_table(report: dict) -> None:
         print(row)
 
 
+def speedups(speed_report: dict) -> dict:
+    """Package / edge mean ms per frame (amortised: tracked configs detect only every N frames), per
+    resolution and edge config, from one run's timings."""
+    out = {}
+    for res, rows in speed_report.items():
+        pkg = rows.get("package", {}).get("mean_ms")
+        if pkg:
+            out[res] = {k: pkg / v["mean_ms"] for k, v in rows.items() if k != "package" and v.get("mean_ms")}
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     shared = Path(os.environ.get("AVE_SHARED") or Path(__file__).resolve().parents[2] / "shared")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -220,6 +231,7 @@ def main(argv: list[str] | None = None) -> None:
         "speed": speed(clips, args.frames, with_package=not args.no_package),
     }
     if not args.no_package:
+        report["speedup_vs_package"] = speedups(report["speed"])
         report["recall"] = recall(clips, args.iou)
     report["machine"]["load_avg_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
