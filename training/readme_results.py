@@ -36,6 +36,14 @@ def results_table() -> str:
         partial = "" if f.get("complete", True) else f"; **partial: {f['epochs']} of {f['planned_epochs']} epochs**"
         rows.append(f"| face CNN, FER2013 validation | {100 * f['val_accuracy']:.2f}% | 67.85% (RAVDESS video) | "
                     f"{f['params']:,} params, 7 FER classes{partial} ([face.md](reports/face.md)) |")
+    fd = _load("face_detection_bench.json")
+    if fd and "speedup_vs_package" in fd:
+        e = fd["speed"]["640x360"]["edge"]
+        rec = fd["recall"]["edge"]
+        rows.append(f"| face detection, edge MTCNN (LiteRT + numpy) | {e['median_ms']:.1f} ms per 640x360 frame, "
+                    f"{fd['speedup_vs_package']['640x360']['edge']:.1f}x the `mtcnn` package; min IoU "
+                    f"{rec['min_iou']:.4f} on {rec['frames_with_package_face']} CREMA-D frames | – | one thread, "
+                    f"machine under load ([face_detection_bench.json](reports/face_detection_bench.json)) |")
     fu = _load("fusion_au_cv.json")
     if fu:
         rows.append(f"| fusion: speech + OpenFace action units (real pairs) | **{100 * fu['fused']:.2f}%** | 81.04% "
