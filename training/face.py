@@ -181,12 +181,11 @@ def stratified_subset(y: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 def vote_faces(probs: np.ndarray) -> int:
     """Clip class from its key faces' (n, k) probabilities: majority vote, ties by summed probabilities."""
-    probs = np.asarray(probs, dtype=np.float64)
-    if probs.ndim != 2 or len(probs) == 0:
-        raise ValueError(f"vote_faces expects (n_faces >= 1, n_classes) probabilities, got {probs.shape}")
-    counts = np.bincount(probs.argmax(1), minlength=probs.shape[1])
-    tied = counts == counts.max()
-    return int(np.argmax(np.where(tied, probs.sum(0), -np.inf)))
+    from training.speech import majority_vote
+    try:
+        return majority_vote(probs)
+    except ValueError as e:
+        raise ValueError(f"vote_faces expects (n_faces >= 1, n_classes) probabilities: {e}") from None
 
 
 # ------------------------------------------------------------------ training

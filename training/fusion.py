@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.params import Params
-from training.speech import ModelSelector, SpeechRecipe, Standardizer, build_head, choose_val_actors, vote
+from training.speech import ModelSelector, SpeechRecipe, Standardizer, build_head, choose_val_actors, majority_vote
 
 log = logging.getLogger(__name__)
 
@@ -150,13 +150,13 @@ def evaluate(model, data: VideoData, clips: np.ndarray, std: Standardizer, p: Pa
         a3 = std.apply(data.a3[c], np.full(len(data.a3[c]), data.actors[c]))
         n = len(a3)
         out = model.predict([a3, np.repeat(blank_face, n, 0)], verbose=0)
-        speech = vote(out["speech_probs"], np.zeros(n, int))[1][0]
+        speech = majority_vote(out["speech_probs"])
         t = triples(n, len(data.faces[c]), p.faces_per_patch, rng)
         if len(t):
             fo = model.predict([a3[t[:, 0]], _to_faces(data.faces[c][t[:, 1]])], verbose=0)
-            fused = vote(fo["fused_probs"], np.zeros(len(t), int))[1][0]
+            fused = majority_vote(fo["fused_probs"])
             fc = model.predict([a3[:1].repeat(len(data.faces[c]), 0), _to_faces(data.faces[c])], verbose=0)
-            face = vote(fc["face_probs"], np.zeros(len(data.faces[c]), int))[1][0]
+            face = majority_vote(fc["face_probs"])
             true["face"].append(data.labels[c])
             pred["face"].append(face)
         else:

@@ -204,20 +204,20 @@ def mixup(arrays: list[np.ndarray], y: np.ndarray, alpha: float, rng: np.random.
 
 # ------------------------------------------------------------------ voting
 
-def vote(probs: np.ndarray, clip: np.ndarray, n_clips: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Majority vote of patch predictions per clip, ties by summed probabilities.
+def majority_vote(probs: np.ndarray) -> int:
+    """One clip's class from its (n >= 1, k) probabilities: majority of argmaxes, ties by summed probabilities."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or len(probs) == 0:
+        raise ValueError(f"a vote needs (n >= 1, n_classes) probabilities, got {probs.shape}")
+    counts = np.bincount(probs.argmax(1), minlength=probs.shape[1])
+    tied = counts == counts.max()
+    return int(np.argmax(np.where(tied, probs.sum(0), -np.inf)))
 
-    Returns (clip ids, predicted class) for every clip that has patches.
-    """
+
+def vote(probs: np.ndarray, clip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """majority_vote per clip. Returns (clip ids, predicted class) for every clip that has patches."""
     ids = np.unique(clip)
-    preds = np.empty(len(ids), int)
-    k = probs.shape[1]
-    for j, c in enumerate(ids):
-        pr = probs[clip == c]
-        counts = np.bincount(pr.argmax(1), minlength=k).astype(float)
-        tied = counts == counts.max()
-        preds[j] = int(np.argmax(np.where(tied, pr.sum(0), -np.inf)))
-    return ids, preds
+    return ids, np.array([majority_vote(probs[clip == c]) for c in ids], int)
 
 
 # ------------------------------------------------------------------ one fold
