@@ -87,6 +87,10 @@ class Params:
         return int(round(self.patch_hop_seconds / self.stft_hop_seconds))  # 48
 
     @property
+    def patch_hop_samples(self) -> int:
+        return self.patch_hop_frames * self.stft_hop_samples  # 7680
+
+    @property
     def patch_samples(self) -> int:
         """Samples that make exactly one patch: 0.96 + 0.025 - 0.010 s = 15600."""
         return int(round(self.sample_rate * (self.patch_window_seconds + self.stft_window_seconds

@@ -11,6 +11,9 @@ def test_results_table_matches_reports():
     readme = (REPO / "README.md").read_text()
     block = readme.split("<!-- results:start -->")[1].split("<!-- results:end -->")[0].strip()
     assert block == results_table().strip(), "run: python -m training.readme_results"
+    from training.readme_results import bench_table
+    block = readme.split("<!-- bench:start -->")[1].split("<!-- bench:end -->")[0].strip()
+    assert block == bench_table().strip(), "run: python -m training.readme_results"
 
 
 def test_two_commands_and_ci_agree():

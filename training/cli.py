@@ -3,6 +3,8 @@
     edge-train speech --data ../shared/data/ravdess/speech16k --yamnet ../shared/weights/yamnet/yamnet.tflite
     edge-train speech --folds 0 --set epochs=5          # a quick single-fold run
     edge-train speech --ablation                        # the ablation table in reports/speech.md
+    edge-train face --data ../shared/data/fer2013       # the face CNN (resumable)
+    edge-train ship                                     # the shipped three-head model (after speech + face)
 """
 from __future__ import annotations
 
@@ -124,7 +126,7 @@ def cmd_fusion_au(args: argparse.Namespace) -> int:
     folds = [int(f) for f in args.folds.split(",")] if args.folds else None
     au = load_au(args.au)
     prep = prepare(args.data, args.yamnet, recipe, p, None if args.no_cache else cache_dir(), not args.quiet)
-    res = run_cv(prep, au, recipe, p, folds, progress=not args.quiet)
+    res = run_cv(prep, au, recipe, p, folds, progress=not args.quiet, frozen=args.frozen)
     res["command"] = "edge-train " + " ".join(args.argv)
     out.mkdir(parents=True, exist_ok=True)
     (out / "fusion_au_cv.json").write_text(json.dumps(res, indent=2))
@@ -166,6 +168,26 @@ def cmd_fusion(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ship(args: argparse.Namespace) -> int:
+    from edge.params import Params
+    from training.paths import cache_dir, reports_dir
+    from training.ship import SHIP_RECIPE, run
+    p = Params()
+    recipe = SHIP_RECIPE.replace(**_recipe_overrides(args.set or []))
+    out = Path(args.out) if args.out else reports_dir()
+    folds = [int(f) for f in args.folds.split(",") if f] if args.folds is not None else None
+    ship_dir = Path(args.ship_dir) if args.ship_dir else cache_dir() / "ship"
+    res = run(args.data, args.fer, args.yamnet, args.face_model, ship_dir, out,
+              None if args.no_cache else cache_dir(), folds, args.fusion_epochs,
+              not args.no_release, p, recipe, not args.quiet)
+    res["command"] = "edge-train " + " ".join(args.argv)
+    if res["folds"]:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "ship_cv.json").write_text(json.dumps(res, indent=2) + "\n")
+    print(json.dumps({k: res.get(k) for k in ("fused", "speech", "face", "cv_minutes", "release")}))
+    return 0
+
+
 def _add_common(sp: argparse.ArgumentParser) -> None:
     from training.paths import ravdess_speech_dir, yamnet_weights
     sp.add_argument("--data", default=str(ravdess_speech_dir()),
@@ -202,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "AU); writes reports/fusion_au_cv.json and fusion_au.md.")
     _add_common(fa)
     fa.add_argument("--au", default=str(ravdess_au_csv()), help="per-clip action-unit CSV (default: %(default)s)")
+    fa.add_argument("--frozen", action="store_true", help="two stages: train each branch alone, freeze it, then "
+                    "train only the fusion layers (single-modality heads = single-branch models)")
     fa.set_defaults(func=cmd_fusion_au)
     fv = sub.add_parser("fusion", help="the paper's fusion on RAVDESS audio-visual videos (for owners of them)",
                         description="Model-level fusion of speech and face on RAVDESS videos "
@@ -212,6 +236,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="folder with Actor_NN/01-01-EE-II-SS-RR-AA.mp4 (RAVDESS audio-visual speech)")
     fv.add_argument("--small-face", action="store_true", help="the reduced face CNN (quick runs and tests)")
     fv.set_defaults(func=cmd_fusion)
+    sh = sub.add_parser("ship", help="the model that ships: speech + FER2013 face + label-paired fusion, one graph",
+                        description="Evaluate the shipped recipe 4-fold on held-out actors (test patches paired "
+                                    "with FER2013 validation faces of the same emotion), write reports/ship_cv.json, "
+                                    "then train the release model on all actors into --ship-dir (shipped.keras, "
+                                    "ship_meta.json) for edge-export. Pass --folds '' to skip the evaluation.")
+    _add_common(sh)
+    sh.add_argument("--fer", default=None, help="FER2013 folder with train/ and validation/ (default: "
+                    "<shared>/data/fer2013)")
+    sh.add_argument("--face-model", help="trained face CNN .keras (default: the `edge-train face` checkpoint)")
+    sh.add_argument("--fusion-epochs", type=int, default=30, help="epochs of the fusion head (default: %(default)s)")
+    sh.add_argument("--ship-dir", help="where the release model goes (default: <cache>/ship)")
+    sh.add_argument("--no-release", action="store_true", help="only the 4-fold evaluation")
+    sh.set_defaults(func=cmd_ship)
     from training.face_cli import add_face_parser
     add_face_parser(sub)
     return ap

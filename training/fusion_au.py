@@ -146,8 +146,75 @@ def train_fold(prep: dict, au: np.ndarray, test_actors: list[int], r: SpeechReci
     return res
 
 
+def train_au_branch(au_z: np.ndarray, labels: np.ndarray, fit_clips: np.ndarray, val_clips: np.ndarray,
+                    r: SpeechRecipe, p: Params, rng: np.random.Generator, epochs: int = 200):
+    """The AU branch alone on clip-level vectors (selection on the validation actors)."""
+    import keras
+    model = build_au_branch(au_z.shape[1], p, dropout=r.dropout)
+    model.compile(optimizer=keras.optimizers.Adam(p.learning_rate), loss="categorical_crossentropy")
+    eye = np.eye(p.num_classes, dtype=np.float32)
+    selector = ModelSelector(30, bool(len(val_clips)))
+    for epoch in range(epochs):
+        x = au_z[fit_clips] + rng.normal(0, 0.1, (len(fit_clips), au_z.shape[1])).astype(np.float32)
+        model.fit(x, eye[labels[fit_clips]], batch_size=32, epochs=1, verbose=0, shuffle=True)
+        val = float(np.mean(model.predict(au_z[val_clips], verbose=0).argmax(1) == labels[val_clips]))
+        if selector.update(model, val, epoch + 1):
+            break
+    model.set_weights(selector.best_weights)
+    return model
+
+
+def train_fold_frozen(prep: dict, au: np.ndarray, test_actors: list[int], r: SpeechRecipe, p: Params = Params(),
+                      seed: int = 0, per_actor_au: bool = True) -> dict:
+    """Two stages: each branch trained alone (the speech branch exactly as in speech_cv), then frozen; only
+    the fusion layers train on their hidden layers. The single-modality heads ARE the single-branch models."""
+    import keras
+
+    from training.speech import train_fold as train_speech
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    train_ps, test_ps, labels, clip_actor = prep["train_ps"], prep["test_ps"], prep["labels"], prep["clip_actor"]
+    sr = train_speech(train_ps, test_ps, labels, clip_actor, test_actors, r, p, seed, progress=False)
+    speech, std, val_actors = sr["model"], sr["standardizer"], sr["val_actors"]
+    train_actors = [a for a in sorted(set(clip_actor.tolist())) if a not in test_actors]
+    fit_clips = np.flatnonzero(np.isin(clip_actor, [a for a in train_actors if a not in val_actors]))
+    val_clips = np.flatnonzero(np.isin(clip_actor, val_actors))
+    test_clips = np.flatnonzero(np.isin(clip_actor, test_actors))
+    au_z = _au_standardize(au, clip_actor, fit_clips, per_actor_au)
+    au_model = train_au_branch(au_z, labels, fit_clips, val_clips, r, p, rng)
+    au_alone = float(np.mean(au_model.predict(au_z[test_clips], verbose=0).argmax(1) == labels[test_clips]))
+    speech.trainable = False
+    au_model.trainable = False
+    from training.fusion import fuse
+    model = fuse(speech, au_model, "au", p, dropout=r.dropout)
+    eye = np.eye(p.num_classes, dtype=np.float32)
+    val_rows = test_ps.of_clips(val_clips)
+    selector = ModelSelector(r.patience, bool(len(val_rows)))
+    for epoch in range(r.epochs):
+        rows = np.concatenate([rng.choice(np.flatnonzero(train_ps.clip == c), r.patches_per_clip)
+                               for c in fit_clips])
+        rng.shuffle(rows)
+        x = std.apply(train_ps.x[rows], clip_actor[train_ps.clip[rows]])
+        a = au_z[train_ps.clip[rows]]
+        y = eye[labels[train_ps.clip[rows]]]
+        model.fit([x, a], {"fused_probs": y, "speech_probs": y, "au_probs": y}, batch_size=r.batch_size,
+                  epochs=1, verbose=0)
+        val = _clip_acc(_predict(model, test_ps, val_rows, std, clip_actor, au_z)["fused"],
+                        test_ps.clip[val_rows], labels) if len(val_rows) else 0.0
+        if selector.update(model, val, epoch + 1):
+            break
+    model.set_weights(selector.best_weights)
+    rows = test_ps.of_clips(test_clips)
+    probs = _predict(model, test_ps, rows, std, clip_actor, au_z)
+    res = {"test_actors": test_actors, "val_actors": val_actors, "best_epoch": selector.best_epoch,
+           "n_test_clips": int(len(test_clips)), "speech_branch_alone": sr["clip_accuracy"],
+           "au_branch_alone": au_alone}
+    res.update({h: _clip_acc(probs[h], test_ps.clip[rows], labels) for h in HEADS})
+    return res
+
+
 def run_cv(prep: dict, au_table: dict[str, np.ndarray], r: SpeechRecipe, p: Params = Params(),
-           folds: list[int] | None = None, progress: bool = True) -> dict:
+           folds: list[int] | None = None, progress: bool = True, frozen: bool = False) -> dict:
     from tqdm import tqdm
     t0 = time.time()
     missing = [c.path.name for c in prep["clips"] if c.name.clip_key not in au_table]
@@ -156,11 +223,18 @@ def run_cv(prep: dict, au_table: dict[str, np.ndarray], r: SpeechRecipe, p: Para
     au = np.stack([au_table[c.name.clip_key] for c in prep["clips"]])
     out = []
     for fi in tqdm(folds if folds is not None else range(len(p.folds)), desc="fusion-au folds", disable=not progress):
-        res = train_fold(prep, au, list(p.folds[fi]), r, p)
+        res = (train_fold_frozen if frozen else train_fold)(prep, au, list(p.folds[fi]), r, p)
         log.info("fold %s: fused %.3f speech %.3f au %.3f", res["test_actors"], res["fused"], res["speech"], res["au"])
         out.append(res)
     summary = {h: float(np.mean([f[h] for f in out])) for h in HEADS}
-    return {**summary, "folds": out, "protocol": "actor-independent 4-fold CV, clip = majority vote of patch "
+    for k in ("speech_branch_alone", "au_branch_alone"):
+        if all(k in f for f in out):
+            summary[k] = float(np.mean([f[k] for f in out]))
+    training = ("two stages: each branch trained alone, then frozen; only the fusion layers train (the speech and "
+                "AU heads are the single-branch models)" if frozen else
+                "one stage: the three heads train together (summed cross-entropies)")
+    return {**summary, "folds": out, "training": training, "frozen_branches": frozen,
+            "protocol": "actor-independent 4-fold CV, clip = majority vote of patch "
             "predictions; AU = per-clip OpenFace means of the RAVDESS AV video", "recipe": dataclasses.asdict(r),
             "folds_map": [list(f) for f in p.folds], "cv_minutes": (time.time() - t0) / 60}
 
@@ -172,8 +246,8 @@ def markdown(res: dict, reports: Path) -> str:
              f"Command: `{res['command']}`", "",
              "The only real visual signal paired with RAVDESS audio here: the per-clip means of 35 OpenFace 2.0 "
              "action units of each audio-visual video. Each speech patch is paired with its clip's AU vector; one "
-             "graph has three heads (fused, speech, AU) trained together (summed cross-entropies); the fused head "
-             "selects the epoch on validation actors; a clip is the majority vote of its patches. AUs are "
+             "graph has three heads (fused, speech, AU). Training: " + res.get("training", "one stage") + "; the "
+             "fused head selects the epoch on validation actors; a clip is the majority vote of its patches. AUs are "
              "standardised per actor like the speech features (the test actor's unlabelled statistics).", "",
              "| test actors | fused | speech head | AU head |", "|---|---|---|---|"]
     lines += [f"| {f['test_actors']} | {100 * f['fused']:.2f}% | {100 * f['speech']:.2f}% | {100 * f['au']:.2f}% |"

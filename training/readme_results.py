@@ -49,6 +49,34 @@ def results_table() -> str:
         rows.append(f"| fusion: speech + OpenFace action units (real pairs) | **{100 * fu['fused']:.2f}%** | 81.04% "
                     f"(speech + face) | actor-independent 4-fold CV, one graph with three heads: speech head "
                     f"{100 * fu['speech']:.2f}%, AU head {100 * fu['au']:.2f}% ([fusion_au.md](reports/fusion_au.md)) |")
+    sh = _load("ship_cv.json")
+    if sh and sh.get("fused") is not None:
+        rows.append(f"| shipped model (speech + FER face + label-paired fusion, one graph) | fused "
+                    f"{100 * sh['fused']:.2f}%, speech head {100 * sh['speech']:.2f}%, face head "
+                    f"{100 * sh['face']:.2f}% | – | 4-fold held-out actors, test patches paired with FER2013 "
+                    f"validation faces of the same emotion: *label-paired, not a real scene* "
+                    f"([MODEL_CARD.md](reports/MODEL_CARD.md)) |")
+    ex = _load("export.json")
+    if ex and "top1_agreement" in ex:
+        rows.append(f"| int8 export (one TFLite graph: YAMNet trunk + 3 heads) | accuracy drop "
+                    f"{ex['int8_accuracy_drop_points']:.2f} points, top-1 agreement {100 * ex['top1_agreement']:.2f}%, "
+                    f"size {100 * ex['size_ratio_int8_to_float']:.1f}% of float; ONNX max diff "
+                    f"{ex['max_abs_diff_vs_keras']['onnx']:.1e} | – | held-out actors + FER2013 validation "
+                    f"([export.json](reports/export.json)) |")
+    be = _load("bench.json")
+    if be and "speedup_int8_vs_keras_1thread" in be:
+        m = be["stages"]["model_tflite_int8"]["1"]["p50"]
+        rows.append(f"| edge-bench, fused decision, 1 thread | int8 {m:.1f} ms (p50): "
+                    f"**{be['speedup_int8_vs_keras_1thread']:.1f}x** compiled Keras float, "
+                    f"{be['speedup_int8_vs_keras_eager_1thread']:.0f}x eager Keras; whole decision "
+                    f"{be['stages']['whole_decision_int8']['1']['p50']:.1f} ms | – | {be['machine']['cpu']} "
+                    f"([bench.json](reports/bench.json)) |")
+    er = _load("edge_run.json")
+    if er:
+        rows.append(f"| edge-run --video, 1 thread (CREMA-D clips) | wall {er['wall_over_clip']:.2f}x clip length, "
+                    f"peak RSS {er['peak_rss_mb']:.0f} MB, READY after {er['ready_seconds']:.2f} s, clip votes "
+                    f"{er['cremad_correct']} correct; systemd exposure {er['security_exposure']} | – | "
+                    f"worst of {len(er['clips'])} clips, process start included ([edge_run.json](reports/edge_run.json)) |")
     fp = _load("frontend_parity.json")
     if fp:
         rows.append(f"| front end vs yamnet.tflite | windowed frames max diff {fp['windowed_frames_max_abs_diff']:.1e}; "
@@ -63,9 +91,35 @@ def results_table() -> str:
     return "\n".join(rows)
 
 
+BENCH_START, BENCH_END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def bench_table() -> str:
+    """edge-bench's stages from reports/bench.json: p50 / p99 ms per backend and thread count."""
+    be = _load("bench.json")
+    if not be:
+        return "(no reports/bench.json yet: run edge-bench --out reports/bench.json)"
+    rows = [f"`{be['command']}` on {be['machine']['cpu']} ({be['machine']['cpus_allowed']} cores, governor "
+            f"{be['machine']['governor']}), {be['runs']} runs after {be['warmup']} warm-up, input: "
+            f"{'a real clip' if be['source'] != 'synthetic' else 'synthetic'}.", "",
+            "| stage | threads | p50 ms | p90 ms | p99 ms |", "|---|---|---|---|---|"]
+    for name, v in be["stages"].items():
+        for t, s in ([("1", v)] if "p50" in v else v.items()):
+            rows.append(f"| {name} | {t} | {s['p50']:.2f} | {s['p90']:.2f} | {s['p99']:.2f} |")
+    sizes = ", ".join(f"{k} {v['bytes'] / 1e6:.2f} MB" for k, v in be["models"].items())
+    rows += ["", f"Model files: {sizes}. {be['macs_per_decision'] / 1e6:.0f} M MACs per decision; the int8 graph "
+             f"runs at {100 * be['int8_fraction_of_fp32_peak_1thread']:.0f}% of a 1-thread fp32 sgemm's rate "
+             f"({be['peak_gflops_1thread_sgemm']:.0f} GFLOP/s)."]
+    return "\n".join(rows)
+
+
 def render(readme: str) -> str:
     a, b = readme.index(START) + len(START), readme.index(END)
-    return readme[:a] + "\n" + results_table() + "\n" + readme[b:]
+    readme = readme[:a] + "\n" + results_table() + "\n" + readme[b:]
+    if BENCH_START in readme:
+        a, b = readme.index(BENCH_START) + len(BENCH_START), readme.index(BENCH_END)
+        readme = readme[:a] + "\n" + bench_table() + "\n" + readme[b:]
+    return readme
 
 
 def main(argv: list[str] | None = None) -> int:

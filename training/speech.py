@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge.params import Params
+from edge.vote import majority_vote  # noqa: F401  (re-exported: training code votes with the device's rule)
 
 log = logging.getLogger(__name__)
 
@@ -204,16 +205,6 @@ def mixup(arrays: list[np.ndarray], y: np.ndarray, alpha: float, rng: np.random.
 
 # ------------------------------------------------------------------ voting
 
-def majority_vote(probs: np.ndarray) -> int:
-    """One clip's class from its (n >= 1, k) probabilities: majority of argmaxes, ties by summed probabilities."""
-    probs = np.asarray(probs, dtype=np.float64)
-    if probs.ndim != 2 or len(probs) == 0:
-        raise ValueError(f"a vote needs (n >= 1, n_classes) probabilities, got {probs.shape}")
-    counts = np.bincount(probs.argmax(1), minlength=probs.shape[1])
-    tied = counts == counts.max()
-    return int(np.argmax(np.where(tied, probs.sum(0), -np.inf)))
-
-
 def vote(probs: np.ndarray, clip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """majority_vote per clip. Returns (clip ids, predicted class) for every clip that has patches."""
     ids = np.unique(clip)
@@ -296,7 +287,7 @@ def train_fold(train_ps: PatchSet, test_ps: PatchSet, labels: np.ndarray, clip_a
     std = Standardizer.fit(train_ps, clip_actor, fit_clips, r.feature_norm)
     model = compile_head(build_head(r, p), r, p)
     selector, history = ModelSelector(r.patience, bool(len(val_clips))), []
-    bar = tqdm(range(r.epochs), desc=f"fold {test_actors[0]}-{test_actors[-1]} seed {seed}", disable=not progress)
+    bar = tqdm(range(r.epochs), desc=(f"fold {test_actors[0]}-{test_actors[-1]}" if test_actors else "all actors") + f" seed {seed}", disable=not progress)
     for epoch in bar:
         x, y = make_epoch(train_ps, fit_clips, labels, std, clip_actor, r, rng, p.num_classes)
         h = model.fit(x, y, batch_size=r.batch_size, epochs=1, verbose=0)
@@ -316,6 +307,9 @@ def train_fold(train_ps: PatchSet, test_ps: PatchSet, labels: np.ndarray, clip_a
         for _ in range(best_epoch):
             x, y = make_epoch(train_ps, all_clips, labels, std, clip_actor, r, rng, p.num_classes)
             model.fit(x, y, batch_size=r.batch_size, epochs=1, verbose=0)
+    if not len(test_clips):                       # a final model trained on every actor: nothing to test
+        return {"model": model, "standardizer": std, "val_actors": val_actors, "best_epoch": best_epoch,
+                "val_clip_accuracy": best, "history": history}
     acc, patch_acc, ids, pred, probs = clip_accuracy(model, test_ps, test_clips, labels, std, clip_actor)
     return {"model": model, "standardizer": std, "val_actors": val_actors, "best_epoch": best_epoch,
             "val_clip_accuracy": best, "history": history, "clip_accuracy": acc, "patch_accuracy": patch_acc,

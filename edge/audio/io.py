@@ -49,7 +49,7 @@ def decode_audio(path: str | Path) -> tuple[np.ndarray, int]:
     chunks: list[np.ndarray] = []
     rate = 0
     try:
-        with av.open(str(path)) as container:
+        with av.open(str(path), metadata_errors="replace") as container:
             if not container.streams.audio:
                 raise AudioError(f"{path}: no audio track")
             stream = container.streams.audio[0]

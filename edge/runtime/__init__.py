@@ -1,6 +1,7 @@
 """Inference backends behind one small interface.
 
     model = load_model("edge/models/mtcnn_pnet.tflite", backend="litert", threads=1)
+    model = load_model("edge/models/av_emotion_int8.tflite", delegate="edgetpu")   # Coral: needs libedgetpu
     outputs = model.predict({"input": x})   # -> dict[str, np.ndarray]
 
 One backend, one file. Imports are lazy, with an actionable error when a runtime is missing.
@@ -32,4 +33,7 @@ def load_model(path: str | Path, backend: str = "litert", threads: int = 1, **kw
     if backend == "litert":
         from edge.runtime.litert import LiteRTModel
         return LiteRTModel(path, threads=threads, **kwargs)
-    raise ModelError(f"unknown backend {backend!r} for {path} (known: litert)")
+    if backend == "onnx":
+        from edge.runtime.onnx import OnnxModel
+        return OnnxModel(path, threads=threads)
+    raise ModelError(f"unknown backend {backend!r} for {path} (known: litert, onnx)")

@@ -35,24 +35,66 @@ def interpreter_class():
         raise ModelError("no TFLite runtime: pip install ai-edge-litert") from None
 
 
+EDGETPU_LIBRARY = "libedgetpu.so.1"
+
+
+def load_delegate(name: str):
+    """A LiteRT delegate by name. ``edgetpu``: Coral's libedgetpu (the model must be compiled with
+    edgetpu_compiler for ops to run on the TPU; uncompiled ops run on the CPU)."""
+    if name != "edgetpu":
+        raise ModelError(f"unknown delegate {name!r} (known: edgetpu)")
+    try:
+        from ai_edge_litert.interpreter import load_delegate as _load
+    except ImportError:  # pragma: no cover - legacy runtime
+        try:
+            from tflite_runtime.interpreter import load_delegate as _load
+        except ImportError:
+            raise ModelError("the edgetpu delegate needs ai-edge-litert (pip install ai-edge-litert)") from None
+    try:
+        import ctypes
+        ctypes.CDLL(EDGETPU_LIBRARY)          # probe first: a failed Delegate() logs a spurious __del__ error
+        return _load(EDGETPU_LIBRARY)
+    except (ValueError, OSError, RuntimeError) as e:
+        raise ModelError(f"Edge TPU delegate unavailable ({EDGETPU_LIBRARY}: {e}). Install libedgetpu1-std from "
+                         "Coral's apt repository and plug in the accelerator, or run on the CPU without "
+                         "--delegate edgetpu") from None
+
+
 class LiteRTModel:
     """A .tflite model with named inputs/outputs; quantization read from the model at run time."""
 
-    def __init__(self, path: str | Path, threads: int = 1, preserve_all_tensors: bool = False):
+    def __init__(self, path: str | Path, threads: int = 1, preserve_all_tensors: bool = False,
+                 delegate: str | None = None):
         self.path = Path(path)
         Interpreter = interpreter_class()
         kwargs = {"model_path": str(self.path), "num_threads": threads}
         if preserve_all_tensors:
             kwargs["experimental_preserve_all_tensors"] = True
+        self.delegate = delegate
+        if delegate:
+            kwargs["experimental_delegates"] = [load_delegate(delegate)]
         try:
             self.interpreter = Interpreter(**kwargs)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise ModelError(f"cannot load TFLite model {self.path}: {e}") from e
-        self._inputs = self.interpreter.get_input_details()
-        self._outputs = self.interpreter.get_output_details()
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Input/output details, named by the model's first signature when it has one (else tensor names)."""
+        sigs = self.interpreter.get_signature_list() if hasattr(self.interpreter, "get_signature_list") else {}
+        if sigs:
+            runner = self.interpreter.get_signature_runner(next(iter(sigs)))
+            self._inputs = [dict(d, name=k) for k, d in runner.get_input_details().items()]
+            self._outputs = [dict(d, name=k) for k, d in runner.get_output_details().items()]
+        else:
+            self._inputs = self.interpreter.get_input_details()
+            self._outputs = self.interpreter.get_output_details()
         self.input_names = [d["name"] for d in self._inputs]
         self.output_names = [d["name"] for d in self._outputs]
+
+    def input_detail(self, name: str) -> dict:
+        return next(d for d in self._inputs if d["name"] == name)
 
     def input_shape(self, i: int = 0) -> tuple[int, ...]:
         return tuple(int(s) for s in self._inputs[i]["shape"])
@@ -62,8 +104,7 @@ class LiteRTModel:
         if self.input_shape(i) != tuple(shape):
             self.interpreter.resize_tensor_input(self._inputs[i]["index"], list(shape))
             self.interpreter.allocate_tensors()
-            self._inputs = self.interpreter.get_input_details()
-            self._outputs = self.interpreter.get_output_details()
+            self._refresh()
 
     def predict(self, inputs: dict[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
         if isinstance(inputs, np.ndarray):
@@ -71,7 +112,11 @@ class LiteRTModel:
         for d in self._inputs:
             if d["name"] not in inputs:
                 raise ModelError(f"{self.path}: missing input {d['name']!r} (have {list(inputs)})")
-            self.interpreter.set_tensor(d["index"], _quantize(np.asarray(inputs[d["name"]]), d))
+            x = np.asarray(inputs[d["name"]])
+            if tuple(x.shape) != tuple(d["shape"]):
+                raise ModelError(f"{self.path}: input {d['name']!r} has shape {x.shape}, the model takes "
+                                 f"{tuple(int(s) for s in d['shape'])}")
+            self.interpreter.set_tensor(d["index"], _quantize(x, d))
         self.interpreter.invoke()
         return {d["name"]: _dequantize(self.interpreter.get_tensor(d["index"]), d)
                 for d in self._outputs}

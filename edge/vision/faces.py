@@ -137,3 +137,43 @@ def key_faces(faces: np.ndarray, radius: int = Params().key_face_radius,
         _, first = np.unique(idx, return_index=True)
         idx = idx[np.sort(first)]
     return idx
+
+
+def _medoid(window: np.ndarray) -> int:
+    x = np.asarray(window, dtype=np.float64).reshape(len(window), -1)
+    dist = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(axis=-1))
+    return int(np.argmin(dist.sum(axis=1)))
+
+
+class KeyFaceStream:
+    """``key_faces`` on a live stream, holding at most one window (2r + 1 faces).
+
+    ``push(t, face)`` returns the key faces (t, face) completed by this face (0 or 1); ``flush()``
+    returns the last, shortened window's key face at the end of a stream. Same picks as the offline
+    ``key_faces`` on the whole sequence.
+    """
+
+    def __init__(self, radius: int = Params().key_face_radius):
+        if radius < 1:
+            raise ValueError(f"radius must be >= 1, got {radius}")
+        self.radius, self.window = radius, 2 * radius + 1
+        self._buf: list[tuple[float, np.ndarray]] = []     # faces from the current window start on
+        self._ended_at_last = False                      # the last full window ended at the newest face
+
+    def push(self, t: float, face: np.ndarray) -> list[tuple[float, np.ndarray]]:
+        self._buf.append((t, face))
+        self._ended_at_last = False
+        if len(self._buf) < self.window:
+            return []
+        k = _medoid(np.stack([f for _, f in self._buf]))
+        key = self._buf[k]
+        self._buf = self._buf[self.radius:]              # shift by r
+        self._ended_at_last = True
+        return [key]
+
+    def flush(self) -> list[tuple[float, np.ndarray]]:
+        out = []
+        if self._buf and not self._ended_at_last:
+            out = [self._buf[_medoid(np.stack([f for _, f in self._buf]))]]
+        self._buf, self._ended_at_last = [], False
+        return out

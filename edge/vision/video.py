@@ -44,7 +44,7 @@ class VideoInfo:
 
 def _open(path: str | Path) -> av.container.InputContainer:
     try:
-        return av.open(str(path), mode="r")
+        return av.open(str(path), mode="r", metadata_errors="replace")
     except (av.error.FFmpegError, OSError) as e:
         raise VideoError(f"cannot open video {path}: {e}") from e
 

@@ -1,0 +1,166 @@
+"""edge-export: the shipped Keras model -> the device's int8 TFLite graph (+ float TFLite, ONNX), parity
+report, Edge TPU op report and the release manifest.
+
+    edge-train ship                 # first: trains <cache>/ship/shipped.keras
+    edge-export                     # -> edge/models/av_emotion_int8.tflite, manifest.json; reports/export.json
+
+The float TFLite and ONNX files go to --work (default <cache>/export); only the int8 graph ships.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("edge-export")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_manifest(models_dir: Path, meta: dict, metrics: dict) -> dict:
+    """edge/models/manifest.json: every shipped file with its size and sha256, the model's I/O contract
+    and the metrics it was released with."""
+    files = {f.name: {"bytes": f.stat().st_size, "sha256": sha256(f)}
+             for f in sorted(models_dir.glob("*.tflite"))}
+    manifest = {
+        "model": "av_emotion_int8.tflite",
+        "emotions": meta["emotions"],
+        "faces_per_patch": meta["faces_per_patch"],
+        "logmel_prior_mean": [round(float(v), 6) for v in meta["logmel_prior_mean"]],
+        "frontend_key": meta.get("frontend_key"),
+        "inputs": meta["inputs"], "outputs": meta["outputs"],
+        "files": files,
+        "total_bytes": sum(v["bytes"] for v in files.values()),
+        "metrics": metrics,
+        "licences": {"RAVDESS": "CC BY-NC-SA 4.0 (non-commercial)", "FER2013": "research use",
+                     "YAMNet weights": "Apache-2.0", "mtcnn package weights": "MIT"},
+    }
+    (models_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import keras
+
+    from edge.params import Params
+    from edge.runtime import load_model
+    from export import parity
+    from export.convert import FLOAT_NAME, INT8_NAME, ONNX_NAME, export_all, representative_data
+    from export.edgetpu import edgetpu_report
+    from training.fer2013 import load_split
+    from training.paths import cache_dir, reports_dir, shared_root
+    p = Params()
+    ship_dir = Path(args.ship_dir) if args.ship_dir else cache_dir() / "ship"
+    models_dir = Path(args.models_dir) if args.models_dir else REPO / "edge" / "models"
+    work = Path(args.work) if args.work else cache_dir() / "export"
+    reports = Path(args.out) if args.out else reports_dir()
+    fer = Path(args.fer) if args.fer else shared_root() / "data" / "fer2013"
+    model_f, meta_f = ship_dir / "shipped.keras", ship_dir / "ship_meta.json"
+    for f in (model_f, meta_f, ship_dir / "calibration_speech.npz"):
+        if not f.is_file():
+            raise FileNotFoundError(f"{f} not found: run `edge-train ship` first (or pass --ship-dir)")
+    meta = json.loads(meta_f.read_text())
+    model = keras.saving.load_model(model_f, compile=False)
+    cal = np.load(ship_dir / "calibration_speech.npz")
+    fer_train = load_split(fer, "train", p=p)
+    rep = representative_data(cal["log_mel"], cal["label"], fer_train.x, fer_train.y, args.calibration, p)
+    t0 = time.time()
+    targets = export_all(model, work, models_dir, rep, work, p)
+    report = {"targets": targets, "export_seconds": time.time() - t0, "command": "edge-export " +
+              " ".join(args.argv), "calibration_samples": args.calibration}
+
+    if not args.skip_parity:
+        data = Path(args.data) if args.data else shared_root() / "data" / "ravdess" / "speech16k"
+        d = parity.heldout_data(data, fer, meta["speech_val_actors"], p, cache_dir())
+        runs = {"keras_float": parity.keras_predict(model),
+                "tflite_float": parity.edge_predict(load_model(work / FLOAT_NAME)),
+                "tflite_int8": parity.edge_predict(load_model(models_dir / INT8_NAME)),
+                "onnx": parity.edge_predict(load_model(work / ONNX_NAME, backend="onnx"))}
+        outs = {}
+        for name, fn in runs.items():
+            t = time.time()
+            outs[name] = parity.run_backend(fn, d, p)
+            log.info("%s: %s in %.1f s", name, parity.accuracies(outs[name], d, p), time.time() - t)
+        acc = {k: parity.accuracies(v, d, p) for k, v in outs.items()}
+        ref = acc["keras_float"]
+        drop = max(100 * (ref[k] - acc["tflite_int8"][k]) for k in ref)
+        report.update({
+            "protocol": f"held-out RAVDESS actors {meta['speech_val_actors']} (the release speech head's validation "
+                        f"actors, never fitted) with label-paired FER2013 validation faces; FER2013 validation "
+                        f"faces for the face head ({len(d.fer_y)} faces, {len(d.log_mel)} speech patches, "
+                        f"{len(np.unique(d.patch_clip))} clips)",
+            "accuracy": acc,
+            "top1_agreement_vs_keras": {k: parity.agreement(outs["keras_float"], v) for k, v in outs.items()},
+            "max_abs_diff_vs_keras": {k: parity.max_abs_diff(outs["keras_float"], v) for k, v in outs.items()},
+            "int8_accuracy_drop_points": float(drop),
+            "top1_agreement": parity.agreement(outs["tflite_float"], outs["tflite_int8"]),
+        })
+    sizes = {k: v["bytes"] for k, v in targets.items() if "bytes" in v}
+    report["sizes_bytes"] = sizes
+    report["size_ratio_int8_to_float"] = sizes["tflite_int8"] / sizes["tflite_float"]
+    report["edgetpu"] = edgetpu_report(models_dir / INT8_NAME)
+    report["targets_met"] = {"int8_drop_le_0.5": report.get("int8_accuracy_drop_points", 99) <= 0.5,
+                             "agreement_ge_0.98": report.get("top1_agreement", 0) >= 0.98,
+                             "size_ratio_le_0.30": report["size_ratio_int8_to_float"] <= 0.30,
+                             "onnx_max_abs_diff_le_1e-4":
+                                 report.get("max_abs_diff_vs_keras", {}).get("onnx", 1.0) <= 1e-4}
+    metrics = {"int8_heldout_accuracy": report.get("accuracy", {}).get("tflite_int8"),
+               "int8_accuracy_drop_points": report.get("int8_accuracy_drop_points"),
+               "top1_agreement_int8_vs_float": report.get("top1_agreement")}
+    ship_cv = reports / "ship_cv.json"
+    if ship_cv.is_file():
+        cv = json.loads(ship_cv.read_text())
+        metrics["ship_cv_4fold"] = {k: cv.get(k) for k in ("fused", "speech", "face")}
+    manifest = write_manifest(models_dir, meta, metrics)
+    report["release_total_bytes"] = manifest["total_bytes"]
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "export.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: report.get(k) for k in ("int8_accuracy_drop_points", "top1_agreement",
+                                                 "size_ratio_int8_to_float", "release_total_bytes",
+                                                 "targets_met")}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="edge-export", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ship-dir", help="output of `edge-train ship` (default: <cache>/ship)")
+    ap.add_argument("--models-dir", help="where the int8 graph and manifest go (default: edge/models)")
+    ap.add_argument("--work", help="float TFLite, ONNX and the SavedModel (default: <cache>/export)")
+    ap.add_argument("--out", help="reports folder (default: <repo>/reports)")
+    ap.add_argument("--data", help="RAVDESS speech folder for the parity check (default: <shared>/data/ravdess/"
+                                   "speech16k)")
+    ap.add_argument("--fer", help="FER2013 folder (default: <shared>/data/fer2013)")
+    ap.add_argument("--calibration", type=int, default=200, help="representative samples for int8 (default: "
+                    "%(default)s)")
+    ap.add_argument("--skip-parity", action="store_true", help="convert only (no accuracy comparison)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"), format="%(asctime)s %(name)s %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    from edge.runtime import ModelError
+    try:
+        return cmd_export(args)
+    except (FileNotFoundError, ModelError, ValueError) as e:
+        print(f"edge-export: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
