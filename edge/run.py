@@ -83,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     m = ap.add_argument_group("model")
     m.add_argument("--model", help="int8 .tflite (default: the one shipped in edge/models/)")
     m.add_argument("--threads", type=int, help="inference threads (default 1)")
-    m.add_argument("--delegate", choices=["edgetpu"], help="run on a Coral Edge TPU (needs libedgetpu)")
+    m.add_argument("--delegate", choices=["edgetpu"],
+                   help="run on a Coral Edge TPU: needs libedgetpu1-std and a model compiled with edgetpu_compiler; "
+                        "without libedgetpu edge-run exits with code 2 before READY (no silent CPU fallback)")
     m.add_argument("--detect-every", type=int, help="full face detection every N frames, tracking between (default 5)")
     m.add_argument("--decision-window", type=float, help="seconds of votes per decision (default 3.0)")
     o = ap.add_argument_group("outputs")

@@ -50,11 +50,79 @@ def write_manifest(models_dir: Path, meta: dict, metrics: dict) -> dict:
     return manifest
 
 
+def compare_backends(model, float_f: Path, int8_f: Path, onnx_f: Path, d, p) -> dict:
+    """Outputs of Keras float, TFLite float, TFLite int8 and ONNX on the same parity data."""
+    from edge.runtime import load_model
+    from export import parity
+    runs = {"keras_float": parity.keras_predict(model),
+            "tflite_float": parity.edge_predict(load_model(float_f)),
+            "tflite_int8": parity.edge_predict(load_model(int8_f)),
+            "onnx": parity.edge_predict(load_model(onnx_f, backend="onnx"))}
+    outs = {}
+    for name, fn in runs.items():
+        t = time.time()
+        outs[name] = parity.run_backend(fn, d, p)
+        log.info("%s: %s in %.1f s", name, parity.accuracies(outs[name], d, p), time.time() - t)
+    return outs
+
+
+def summarize(outs: dict, d, p) -> dict:
+    from export import parity
+    acc = {k: parity.accuracies(v, d, p) for k, v in outs.items()}
+    ref = acc["keras_float"]
+    return {"accuracy": acc, "n_clips": int(len(np.unique(d.patch_clip))), "n_patches": int(len(d.log_mel)),
+            "n_faces": int(len(d.fer_y)),
+            "top1_agreement_vs_keras": {k: parity.agreement(outs["keras_float"], v) for k, v in outs.items()},
+            "max_abs_diff_vs_keras": {k: parity.max_abs_diff(outs["keras_float"], v) for k, v in outs.items()},
+            "int8_accuracy_drop_points": float(max(100 * (ref[k] - acc["tflite_int8"][k]) for k in ref)),
+            "top1_agreement": parity.agreement(outs["tflite_float"], outs["tflite_int8"])}
+
+
+def cv_parity(folds_dir: Path, work: Path, cal, fer_train, data: Path, fer: Path, n_cal: int, p) -> dict:
+    """Each fold's graph exported like the release one (calibrated on its training actors only) and compared
+    on its own test actors: the speech CV test folds, all 1440 clips once."""
+    import keras
+
+    from export import parity
+    from export.convert import FLOAT_NAME, INT8_NAME, ONNX_NAME, export_all, representative_data
+    from training.paths import cache_dir
+    per_fold, total = [], {}
+    for f in sorted(folds_dir.glob("fold*.keras")):
+        info = json.loads(f.with_suffix(".json").read_text())
+        test = info["test_actors"]
+        keep = ~np.isin(cal["actor"], test)
+        rep = representative_data(cal["log_mel"][keep], cal["label"][keep], fer_train.x, fer_train.y, n_cal, p)
+        model = keras.saving.load_model(f, compile=False)
+        fw = work / f.stem
+        export_all(model, fw, fw, rep, fw, p)
+        d = parity.heldout_data(data, fer, test, p, cache_dir())
+        outs = compare_backends(model, fw / FLOAT_NAME, fw / INT8_NAME, fw / ONNX_NAME, d, p)
+        sm = summarize(outs, d, p)
+        per_fold.append({"fold": info["fold"], "test_actors": test, **sm})
+        n = sm["n_clips"]
+        for b, a in sm["accuracy"].items():
+            for k, v in a.items():
+                total.setdefault(b, {}).setdefault(k, []).append((v, n if k != "face_fer_val" else 1))
+        log.info("fold %s: int8 drop %.2f, agreement %.4f", test, sm["int8_accuracy_drop_points"], sm["top1_agreement"])
+    acc = {b: {k: float(np.average([v for v, _ in xs], weights=[w for _, w in xs])) for k, xs in a.items()}
+           for b, a in total.items()}
+    ref = acc["keras_float"]
+    agree_w = [fd["n_patches"] * 6 + fd["n_faces"] for fd in per_fold]       # predictions per fold
+    return {"protocol": "speech CV test folds: each fold's graph (trained without its 6 test actors, int8 calibrated on "
+                        "its training actors) on its test actors with label-paired FER2013 validation faces (every "
+                        "RAVDESS clip once); face head on all FER2013 validation faces",
+            "folds": per_fold, "accuracy": acc,
+            "int8_accuracy_drop_points": float(max(100 * (ref[k] - acc["tflite_int8"][k]) for k in ref)),
+            "top1_agreement": float(np.average([fd["top1_agreement"] for fd in per_fold], weights=agree_w)),
+            "top1_agreement_vs_keras": {b: float(np.average([fd["top1_agreement_vs_keras"][b] for fd in per_fold],
+                                                            weights=agree_w)) for b in acc},
+            "max_abs_diff_vs_keras": {b: float(max(fd["max_abs_diff_vs_keras"][b] for fd in per_fold)) for b in acc}}
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     import keras
 
     from edge.params import Params
-    from edge.runtime import load_model
     from export import parity
     from export.convert import FLOAT_NAME, INT8_NAME, ONNX_NAME, export_all, representative_data
     from export.edgetpu import edgetpu_report
@@ -80,32 +148,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     report = {"targets": targets, "export_seconds": time.time() - t0, "command": "edge-export " +
               " ".join(args.argv), "calibration_samples": args.calibration}
 
+    data = Path(args.data) if args.data else shared_root() / "data" / "ravdess" / "speech16k"
     if not args.skip_parity:
-        data = Path(args.data) if args.data else shared_root() / "data" / "ravdess" / "speech16k"
+        # the release graph on the actors its speech head never fitted
         d = parity.heldout_data(data, fer, meta["speech_val_actors"], p, cache_dir())
-        runs = {"keras_float": parity.keras_predict(model),
-                "tflite_float": parity.edge_predict(load_model(work / FLOAT_NAME)),
-                "tflite_int8": parity.edge_predict(load_model(models_dir / INT8_NAME)),
-                "onnx": parity.edge_predict(load_model(work / ONNX_NAME, backend="onnx"))}
-        outs = {}
-        for name, fn in runs.items():
-            t = time.time()
-            outs[name] = parity.run_backend(fn, d, p)
-            log.info("%s: %s in %.1f s", name, parity.accuracies(outs[name], d, p), time.time() - t)
-        acc = {k: parity.accuracies(v, d, p) for k, v in outs.items()}
-        ref = acc["keras_float"]
-        drop = max(100 * (ref[k] - acc["tflite_int8"][k]) for k in ref)
-        report.update({
-            "protocol": f"held-out RAVDESS actors {meta['speech_val_actors']} (the release speech head's validation "
-                        f"actors, never fitted) with label-paired FER2013 validation faces; FER2013 validation "
-                        f"faces for the face head ({len(d.fer_y)} faces, {len(d.log_mel)} speech patches, "
-                        f"{len(np.unique(d.patch_clip))} clips)",
-            "accuracy": acc,
-            "top1_agreement_vs_keras": {k: parity.agreement(outs["keras_float"], v) for k, v in outs.items()},
-            "max_abs_diff_vs_keras": {k: parity.max_abs_diff(outs["keras_float"], v) for k, v in outs.items()},
-            "int8_accuracy_drop_points": float(drop),
-            "top1_agreement": parity.agreement(outs["tflite_float"], outs["tflite_int8"]),
-        })
+        outs = compare_backends(model, work / FLOAT_NAME, models_dir / INT8_NAME, work / ONNX_NAME, d, p)
+        report["release_heldout"] = summarize(outs, d, p) | {
+            "protocol": f"the release graph on RAVDESS actors {meta['speech_val_actors']} (its speech head's validation "
+                        f"actors, never fitted; its fusion head trained on them) with label-paired FER2013 validation "
+                        f"faces; FER2013 validation faces for the face head"}
+        folds_dir = Path(args.cv_folds) if args.cv_folds else ship_dir / "folds"
+        if sorted(folds_dir.glob("fold*.keras")):
+            report["cv"] = cv_parity(folds_dir, work, cal, fer_train, data, fer, args.calibration, p)
+            src = report["cv"]
+        else:
+            log.warning("no per-fold models in %s (edge-train ship --save-folds): parity on the release graph only",
+                        folds_dir)
+            src = report["release_heldout"]
+        report.update({k: src[k] for k in ("accuracy", "top1_agreement_vs_keras", "max_abs_diff_vs_keras",
+                                           "int8_accuracy_drop_points", "top1_agreement", "protocol")})
     sizes = {k: v["bytes"] for k, v in targets.items() if "bytes" in v}
     report["sizes_bytes"] = sizes
     report["size_ratio_int8_to_float"] = sizes["tflite_int8"] / sizes["tflite_float"]
@@ -115,7 +176,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                              "size_ratio_le_0.30": report["size_ratio_int8_to_float"] <= 0.30,
                              "onnx_max_abs_diff_le_1e-4":
                                  report.get("max_abs_diff_vs_keras", {}).get("onnx", 1.0) <= 1e-4}
-    metrics = {"int8_heldout_accuracy": report.get("accuracy", {}).get("tflite_int8"),
+    metrics = {"int8_accuracy": report.get("accuracy", {}).get("tflite_int8"),
                "int8_accuracy_drop_points": report.get("int8_accuracy_drop_points"),
                "top1_agreement_int8_vs_float": report.get("top1_agreement")}
     ship_cv = reports / "ship_cv.json"
@@ -145,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--calibration", type=int, default=200, help="representative samples for int8 (default: "
                     "%(default)s)")
     ap.add_argument("--skip-parity", action="store_true", help="convert only (no accuracy comparison)")
+    ap.add_argument("--cv-folds", help="per-fold graphs for parity on the CV test folds (default: <ship-dir>/folds, "
+                                      "written by `edge-train ship --save-folds`)")
     return ap
 
 

@@ -55,8 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     xml = REPO / "reports" / ".reliability_junit.xml"
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}",
            "tests/test_reliability.py", "tests/test_edge_run.py", "tests/test_outputs_mqtt.py"]
+    log_f = REPO / "reports" / ".reliability_log.jsonl"
+    log_f.unlink(missing_ok=True)
     env = {**os.environ, "AVE_FUZZ_EXAMPLES": str(args.fuzz), "AVE_WRITE_REPORTS": "1",
-           "PYTHONPATH": str(REPO)}
+           "PYTHONPATH": str(REPO), "AVE_RELIABILITY_LOG": str(log_f)}
     t0 = time.time()
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     minutes = (time.time() - t0) / 60
@@ -70,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
             "skipped" if tc.find("skipped") is not None else "passed"
         cases.append((base, name, outcome, float(tc.get("time", 0))))
     xml.unlink()
+    what = {}
+    if log_f.is_file():
+        for line in log_f.read_text().splitlines():
+            e = json.loads(line)
+            what[(e["check"], e["case"])] = e["what"]
+        log_f.unlink()
     soak = json.loads((REPO / "reports" / "soak.json").read_text()) if (REPO / "reports" / "soak.json").is_file() \
         else {}
     n_pass = sum(c[2] == "passed" for c in cases)
@@ -77,10 +85,11 @@ def main(argv: list[str] | None = None) -> int:
          f"({minutes:.1f} min; pytest exit code {r.returncode}): **{n_pass} of {len(cases)} checks passed**.", "",
          "Expected behaviour everywhere: a clear message naming the file and a non-zero exit, or a documented and "
          "counted skip; never a hang (each run has a timeout), never a traceback, never a non-finite answer.", "",
-         "| check | case | outcome | seconds |", "|---|---|---|---|"]
+         "| check | case | what happened | outcome | seconds |", "|---|---|---|---|---|"]
     for base, name, outcome, secs in cases:
         case = name[len(base):].strip("[]") or "–"
-        L.append(f"| {WHAT[base]} | {case} | {outcome} | {secs:.1f} |")
+        happened = what.get((base, case), "").replace("|", "/")
+        L.append(f"| {WHAT[base]} | {case} | {happened} | {outcome} | {secs:.1f} |")
     L += ["", f"Fuzzing: {args.fuzz} generated inputs per target (4 targets: {4 * args.fuzz} in all); only the "
           "documented error types (VideoError / AudioError naming the file, SystemExit naming the config, "
           "RavdessNameError) are allowed. A finding of this fuzzer, fixed: a file whose container metadata is not "

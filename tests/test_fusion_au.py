@@ -52,3 +52,22 @@ def test_fusion_learns_from_the_au_branch():
     res = train_fold(prep, au, [1, 2, 3, 4, 5, 6], SpeechRecipe(epochs=10, val_actors=0, patches_per_clip=8),
                      per_actor_au=False)
     assert res["au"] >= 0.6 and res["fused"] >= 0.5, res
+
+
+def test_frozen_two_stage_keeps_single_heads_equal_to_single_branches():
+    """--frozen: the speech and AU heads inside the fused graph ARE the single-branch models."""
+    from training.fusion_au import train_fold_frozen
+    rng = np.random.default_rng(1)
+    n = 192
+    labels = rng.integers(0, 8, n)
+    actors = np.resize(np.arange(1, 25), n)
+    x = rng.normal(size=(n * 2, 24, 16, 64)).astype(np.float32)
+    x[:, :, :, :8] += 0.8 * np.eye(8)[np.repeat(labels, 2)][:, None, None, :]     # a weak speech cue
+    ps = PatchSet(x.astype(np.float16), np.repeat(np.arange(n), 2), np.zeros(n * 2, int))
+    au = rng.normal(size=(n, 35)).astype(np.float32)
+    au[:, :8] += 5 * np.eye(8)[labels]
+    prep = {"train_ps": ps, "test_ps": ps, "labels": labels, "clip_actor": actors}
+    res = train_fold_frozen(prep, au, [1, 2, 3, 4, 5, 6], SpeechRecipe(epochs=6, val_actors=4, patches_per_clip=4,
+                                                                       patience=3), per_actor_au=False)
+    assert res["speech"] == res["speech_branch_alone"], res
+    assert res["au"] == res["au_branch_alone"] and res["au"] >= 0.5, res

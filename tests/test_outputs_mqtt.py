@@ -159,12 +159,12 @@ def test_missing_broker_never_blocks_then_connects(broker_factory, topic, mqtt):
     t0 = time.monotonic()
     pub = MqttPublisher("127.0.0.1", broker.port, topic=topic)
     try:
-        assert time.monotonic() - t0 < 0.5
+        assert time.monotonic() - t0 < 2.0          # the constructor does not wait for the broker (loose: CI load)
         assert not pub.connected
         assert pub.publish({"emotion": "sad"}) is False and pub.dropped == 1  # dropped, not raised
         time.sleep(0.3)
         broker.start()
-        assert pub.wait_connected(6), "publisher did not connect after the broker came up"
+        assert pub.wait_connected(20), "publisher did not connect after the broker came up"
         sub = Subscriber(mqtt, broker.port, topic)
         assert sub.expect("availability") == ("online", True)  # retained "online" from the (re)connect
         assert pub.publish({"emotion": "calm"})

@@ -24,6 +24,14 @@ FUZZ_SETTINGS = settings(max_examples=FUZZ, deadline=None, derandomize=True,
                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
+def record(check: str, case: str, what: str) -> None:
+    """What happened, for reports/reliability.md (only when AVE_RELIABILITY_LOG names a file)."""
+    log = os.environ.get("AVE_RELIABILITY_LOG")
+    if log:
+        with open(log, "a") as f:
+            f.write(json.dumps({"check": check, "case": case, "what": what}) + "\n")
+
+
 def edge_run(*args, cwd=REPO, env=None, timeout=120):
     return subprocess.run([sys.executable, "-m", "edge.run", *map(str, args)], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
@@ -83,12 +91,17 @@ def test_edge_run_bad_files(bad_files, name, tmp_path):
         assert expect in ("ok", "either"), f"{name}: expected an error, got success"
         events = [json.loads(s) for s in out.read_text().splitlines()]
         assert events and events[-1]["summary"] is True
+        c = events[-1]["counters"]
+        record("test_edge_run_bad_files", name, f"exit 0: {c['frames']} frames, {c['patches']} patches "
+               f"({c['speech_patches']} speech), decision {events[-1]['emotion']}")
         for e in events[:-1]:                                   # never a silent non-finite answer
             for v in e["probs"].values():
                 assert v is None or np.all(np.isfinite(v))
     else:
         assert expect in ("error", "either"), f"{name}: rc {r.returncode}: {r.stderr[-1500:]}"
         assert f.name in r.stderr, r.stderr[-1500:]
+        msg = r.stderr.strip().splitlines()[-1].replace(str(f.parent) + "/", "")
+        record("test_edge_run_bad_files", name, f"exit {r.returncode}: {msg}")
 
 
 @pytest.mark.parametrize("name", ["zero_bytes", "random_bytes_flv", "missing", "video_only_mp4"])
@@ -97,6 +110,8 @@ def test_edge_bench_bad_clip(bad_files, name):
     r = subprocess.run([sys.executable, "-m", "export.bench", "--clip", str(f), "--runs", "1", "--warmup", "0",
                         "--max-threads", "1"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and f.name in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    record("test_edge_bench_bad_clip", name, "exit 2: " + r.stderr.strip().splitlines()[-1].replace(
+        str(f.parent) + "/", ""))
 
 
 def test_edge_export_without_a_trained_model(tmp_path):
@@ -126,6 +141,21 @@ def test_training_loader_counts_bad_files(bad_files, tmp_path):
 
 # ------------------------------------------------------------------ fuzzing
 
+FUZZ_COUNTS: dict[str, dict[str, int]] = {}
+
+
+def _count(target: str, outcome: str) -> None:
+    d = FUZZ_COUNTS.setdefault(target, {})
+    d[outcome] = d.get(outcome, 0) + 1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fuzz_report():
+    yield
+    for target, d in FUZZ_COUNTS.items():
+        record(target, "–", ", ".join(f"{v} {k}" for k, v in sorted(d.items())))
+
+
 @FUZZ_SETTINGS
 @given(data=st.binary(min_size=0, max_size=4096))
 def test_fuzz_video_decoding(data):
@@ -137,8 +167,10 @@ def test_fuzz_video_decoding(data):
         try:
             for _ in VideoFileSource(f.name):
                 pass
+            _count("test_fuzz_video_decoding", "decoded")
         except VideoError as e:
             assert f.name in str(e)
+            _count("test_fuzz_video_decoding", "VideoError naming the file")
 
 
 @pytest.fixture(scope="module")
@@ -162,13 +194,17 @@ def test_fuzz_mutated_mp4(mp4_bytes, flips, cut):
         try:
             for kind, _, x in VideoFileSource(f.name):
                 assert np.all(np.isfinite(x)) if kind == "audio" else x.dtype == np.uint8
+            _count("test_fuzz_mutated_mp4", "source decoded (partly)")
         except VideoError as e:
             assert f.name in str(e)
+            _count("test_fuzz_mutated_mp4", "source: VideoError")
         try:
             wave, rate = decode_audio(f.name)
             assert rate > 0
+            _count("test_fuzz_mutated_mp4", "audio decoded")
         except AudioError as e:
             assert f.name in str(e)
+            _count("test_fuzz_mutated_mp4", "audio: AudioError")
 
 
 @FUZZ_SETTINGS
@@ -180,22 +216,28 @@ def test_fuzz_config_parsing(text):
     try:
         cfg = load_config(f.name)
         assert isinstance(cfg, dict)
+        _count("test_fuzz_config_parsing", "parsed")
     except SystemExit as e:
         assert f.name in str(e)
+        _count("test_fuzz_config_parsing", "rejected with a message naming the file")
     finally:
         os.unlink(f.name)
 
 
 @FUZZ_SETTINGS
-@given(name=st.from_regex(r"[0-9]{2}(-[0-9]{2}){6}\.(flac|wav|mp4)", fullmatch=True) | st.text(max_size=40))
+@given(name=st.tuples(st.integers(0, 4), st.integers(0, 3), st.integers(0, 9), st.integers(0, 3), st.integers(0, 3),
+                      st.integers(0, 3), st.integers(0, 26), st.sampled_from(["flac", "wav", "mp4", "FLAC", ""])).map(
+    lambda t: "-".join(f"{v:02d}" for v in t[:7]) + (f".{t[7]}" if t[7] else "")) | st.text(max_size=40))
 def test_fuzz_ravdess_names(name):
     from training.ravdess import RavdessNameError, parse_name
     try:
         info = parse_name(name)
     except RavdessNameError as e:
         assert name in str(e) or repr(name) in str(e)
+        _count("test_fuzz_ravdess_names", "RavdessNameError")
     else:
         assert 1 <= info.emotion <= 8 and 1 <= info.actor <= 24
+        _count("test_fuzz_ravdess_names", "valid names")
 
 
 # ------------------------------------------------------------------ live faults

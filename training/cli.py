@@ -53,6 +53,10 @@ ABLATION = (
     ("recipe", "the chosen recipe (per-actor log-mel + feature norm, SpecAugment, mixup, 0.08 s crops)", dict()),
     ("test-hop-0.24", "recipe, patches every 0.24 s at test (more votes)", dict(test_hop_frames=24)),
     ("refit", "recipe, then retrain on all 18 training actors for the selected epoch count", dict(refit=True)),
+    ("ensemble-3", "recipe, 3 seeds (different validation actors and initialisations), probabilities averaged",
+     dict(seeds=(0, 1, 2))),
+    ("device-norm", "the shipped model's normalisation: per-speaker log-mel mean, global feature statistics",
+     dict(feature_norm="global")),
 )
 
 
@@ -179,7 +183,8 @@ def cmd_ship(args: argparse.Namespace) -> int:
     ship_dir = Path(args.ship_dir) if args.ship_dir else cache_dir() / "ship"
     res = run(args.data, args.fer, args.yamnet, args.face_model, ship_dir, out,
               None if args.no_cache else cache_dir(), folds, args.fusion_epochs,
-              not args.no_release, p, recipe, not args.quiet)
+              not args.no_release, p, recipe, not args.quiet,
+              save_folds=ship_dir / "folds" if args.save_folds else None)
     res["command"] = "edge-train " + " ".join(args.argv)
     if res["folds"]:
         out.mkdir(parents=True, exist_ok=True)
@@ -248,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--fusion-epochs", type=int, default=30, help="epochs of the fusion head (default: %(default)s)")
     sh.add_argument("--ship-dir", help="where the release model goes (default: <cache>/ship)")
     sh.add_argument("--no-release", action="store_true", help="only the 4-fold evaluation")
+    sh.add_argument("--save-folds", action="store_true", help="also save each fold's graph to <ship-dir>/folds/ "
+                    "(edge-export then measures int8 parity on each fold's test actors)")
     sh.set_defaults(func=cmd_ship)
     from training.face_cli import add_face_parser
     add_face_parser(sub)

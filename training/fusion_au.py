@@ -103,20 +103,12 @@ def _clip_acc(probs: np.ndarray, clip: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(pred == labels[ids]))
 
 
-def train_fold(prep: dict, au: np.ndarray, test_actors: list[int], r: SpeechRecipe, p: Params = Params(),
-               seed: int = 0, per_actor_au: bool = True) -> dict:
-    import keras
-    keras.utils.set_random_seed(seed)
-    rng = np.random.default_rng(seed)
+def _fit_and_test(model, prep: dict, std, au_z: np.ndarray, fit_clips: np.ndarray, val_clips: np.ndarray,
+                  test_clips: np.ndarray, r: SpeechRecipe, p: Params, rng: np.random.Generator,
+                  augment: bool) -> tuple[dict, int]:
+    """Train the three-head model epoch by epoch (selection: fused clip accuracy on the validation actors);
+    returns the heads' clip accuracy on the test clips and the selected epoch."""
     train_ps, test_ps, labels, clip_actor = prep["train_ps"], prep["test_ps"], prep["labels"], prep["clip_actor"]
-    train_actors = [a for a in sorted(set(clip_actor.tolist())) if a not in test_actors]
-    val_actors = choose_val_actors(train_actors, r.val_actors, seed) if r.val_actors else []
-    fit_clips = np.flatnonzero(np.isin(clip_actor, [a for a in train_actors if a not in val_actors]))
-    val_clips = np.flatnonzero(np.isin(clip_actor, val_actors))
-    test_clips = np.flatnonzero(np.isin(clip_actor, test_actors))
-    std = Standardizer.fit(train_ps, clip_actor, fit_clips, r.feature_norm)
-    au_z = _au_standardize(au, clip_actor, fit_clips, per_actor_au)
-    model = build_fusion(r, au.shape[1], p)
     eye = np.eye(p.num_classes, dtype=np.float32)
     val_rows = test_ps.of_clips(val_clips)
     selector = ModelSelector(r.patience, bool(len(val_rows)))
@@ -125,11 +117,13 @@ def train_fold(prep: dict, au: np.ndarray, test_actors: list[int], r: SpeechReci
                                for c in fit_clips])
         rng.shuffle(rows)
         x = std.apply(train_ps.x[rows], clip_actor[train_ps.clip[rows]])
-        x += rng.normal(0, r.noise_std, x.shape).astype(np.float32) if r.noise_std else 0
-        x = spec_augment(x, r, rng)
-        a = au_z[train_ps.clip[rows]] + rng.normal(0, 0.1, (len(rows), au.shape[1])).astype(np.float32)
+        a = au_z[train_ps.clip[rows]]
         y = eye[labels[train_ps.clip[rows]]]
-        (x, a), y = mixup([x, a], y, r.mixup_alpha, rng)
+        if augment:
+            x += rng.normal(0, r.noise_std, x.shape).astype(np.float32) if r.noise_std else 0
+            x = spec_augment(x, r, rng)
+            a = a + rng.normal(0, 0.1, a.shape).astype(np.float32)
+            (x, a), y = mixup([x, a], y, r.mixup_alpha, rng)
         model.fit([x, a], {"fused_probs": y, "speech_probs": y, "au_probs": y}, batch_size=r.batch_size,
                   epochs=1, verbose=0)
         val = _clip_acc(_predict(model, test_ps, val_rows, std, clip_actor, au_z)["fused"],
@@ -140,9 +134,26 @@ def train_fold(prep: dict, au: np.ndarray, test_actors: list[int], r: SpeechReci
     model.set_weights(selector.best_weights)
     rows = test_ps.of_clips(test_clips)
     probs = _predict(model, test_ps, rows, std, clip_actor, au_z)
-    res = {"test_actors": test_actors, "val_actors": val_actors, "best_epoch": selector.best_epoch,
-           "n_test_clips": int(len(test_clips))}
-    res.update({h: _clip_acc(probs[h], test_ps.clip[rows], labels) for h in HEADS})
+    return {h: _clip_acc(probs[h], test_ps.clip[rows], labels) for h in HEADS}, selector.best_epoch
+
+
+def train_fold(prep: dict, au: np.ndarray, test_actors: list[int], r: SpeechRecipe, p: Params = Params(),
+               seed: int = 0, per_actor_au: bool = True) -> dict:
+    import keras
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    train_ps, clip_actor = prep["train_ps"], prep["clip_actor"]
+    train_actors = [a for a in sorted(set(clip_actor.tolist())) if a not in test_actors]
+    val_actors = choose_val_actors(train_actors, r.val_actors, seed) if r.val_actors else []
+    fit_clips = np.flatnonzero(np.isin(clip_actor, [a for a in train_actors if a not in val_actors]))
+    val_clips = np.flatnonzero(np.isin(clip_actor, val_actors))
+    test_clips = np.flatnonzero(np.isin(clip_actor, test_actors))
+    std = Standardizer.fit(train_ps, clip_actor, fit_clips, r.feature_norm)
+    au_z = _au_standardize(au, clip_actor, fit_clips, per_actor_au)
+    model = build_fusion(r, au.shape[1], p)
+    acc, best_epoch = _fit_and_test(model, prep, std, au_z, fit_clips, val_clips, test_clips, r, p, rng, augment=True)
+    res = {"test_actors": test_actors, "val_actors": val_actors, "best_epoch": best_epoch,
+           "n_test_clips": int(len(test_clips)), **acc}
     return res
 
 
@@ -187,30 +198,11 @@ def train_fold_frozen(prep: dict, au: np.ndarray, test_actors: list[int], r: Spe
     au_model.trainable = False
     from training.fusion import fuse
     model = fuse(speech, au_model, "au", p, dropout=r.dropout)
-    eye = np.eye(p.num_classes, dtype=np.float32)
-    val_rows = test_ps.of_clips(val_clips)
-    selector = ModelSelector(r.patience, bool(len(val_rows)))
-    for epoch in range(r.epochs):
-        rows = np.concatenate([rng.choice(np.flatnonzero(train_ps.clip == c), r.patches_per_clip)
-                               for c in fit_clips])
-        rng.shuffle(rows)
-        x = std.apply(train_ps.x[rows], clip_actor[train_ps.clip[rows]])
-        a = au_z[train_ps.clip[rows]]
-        y = eye[labels[train_ps.clip[rows]]]
-        model.fit([x, a], {"fused_probs": y, "speech_probs": y, "au_probs": y}, batch_size=r.batch_size,
-                  epochs=1, verbose=0)
-        val = _clip_acc(_predict(model, test_ps, val_rows, std, clip_actor, au_z)["fused"],
-                        test_ps.clip[val_rows], labels) if len(val_rows) else 0.0
-        if selector.update(model, val, epoch + 1):
-            break
-    model.set_weights(selector.best_weights)
-    rows = test_ps.of_clips(test_clips)
-    probs = _predict(model, test_ps, rows, std, clip_actor, au_z)
-    res = {"test_actors": test_actors, "val_actors": val_actors, "best_epoch": selector.best_epoch,
-           "n_test_clips": int(len(test_clips)), "speech_branch_alone": sr["clip_accuracy"],
-           "au_branch_alone": au_alone}
-    res.update({h: _clip_acc(probs[h], test_ps.clip[rows], labels) for h in HEADS})
-    return res
+    acc, best_epoch = _fit_and_test(model, prep, std, au_z, fit_clips, val_clips, test_clips, r, p, rng,
+                                    augment=False)
+    return {"test_actors": test_actors, "val_actors": val_actors, "best_epoch": best_epoch,
+            "n_test_clips": int(len(test_clips)), "speech_branch_alone": sr["clip_accuracy"],
+            "au_branch_alone": au_alone, **acc}
 
 
 def run_cv(prep: dict, au_table: dict[str, np.ndarray], r: SpeechRecipe, p: Params = Params(),
@@ -259,5 +251,15 @@ def markdown(res: dict, reports: Path) -> str:
         lines += [f"Speech branch alone (`reports/speech_cv.json`): {100 * s:.2f}%; the fused head is "
                   f"**{100 * (res['fused'] - s):+.1f} points** above it. The speech head inside the fused graph "
                   f"scores {100 * (res['speech'] - s):+.1f} points against the standalone speech model.", ""]
+    if res.get("frozen_branches"):
+        lines += [f"Single branches in these folds: speech {100 * res['speech_branch_alone']:.2f}%, AU "
+                  f"{100 * res['au_branch_alone']:.2f}%; the heads of the fused graph equal them exactly (frozen).", ""]
+    other = reports / "fusion_au_joint_cv.json"
+    if other.is_file() and res.get("frozen_branches"):
+        j = json.loads(other.read_text())
+        lines += [f"The one-stage variant (all heads trained together, `{j.get('command', '')}`, "
+                  f"[fusion_au_joint_cv.json](fusion_au_joint_cv.json)): fused {100 * j['fused']:.2f}%, speech head "
+                  f"{100 * j['speech']:.2f}%, AU head {100 * j['au']:.2f}%. Its speech head falls below the speech "
+                  "branch alone; the two-stage model keeps it.", ""]
     lines += [f"Paper (speech + face video): 81.04%. CV time {res['cv_minutes']:.1f} min.", ""]
     return "\n".join(lines)

@@ -80,8 +80,9 @@ def render() -> str:
                  f"`{au.get('command', 'edge-train fusion-au')}` |")
     if ex and "accuracy" in ex:
         a = ex["accuracy"]
-        L.append(f"| int8 vs Keras float on held-out actors {ex['protocol'].split('actors ')[1].split(' ')[0]} "
-                 f"(speech clip / fused clip / FER val face) | int8 {pct(a['tflite_int8']['speech_clip'])} / "
+        where = "each fold's graph on its CV test actors" if "cv" in ex else "the release graph on held-out actors"
+        L.append(f"| int8 vs Keras float, {where} (speech clip / fused clip / FER val face) | int8 "
+                 f"{pct(a['tflite_int8']['speech_clip'])} / "
                  f"{pct(a['tflite_int8']['fused_clip'])} / {pct(a['tflite_int8']['face_fer_val'])}; float "
                  f"{pct(a['keras_float']['speech_clip'])} / {pct(a['keras_float']['fused_clip'])} / "
                  f"{pct(a['keras_float']['face_fer_val'])}; drop {ex['int8_accuracy_drop_points']:.2f} points, "

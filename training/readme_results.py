@@ -48,7 +48,9 @@ def results_table() -> str:
     if fu:
         rows.append(f"| fusion: speech + OpenFace action units (real pairs) | **{100 * fu['fused']:.2f}%** | 81.04% "
                     f"(speech + face) | actor-independent 4-fold CV, one graph with three heads: speech head "
-                    f"{100 * fu['speech']:.2f}%, AU head {100 * fu['au']:.2f}% ([fusion_au.md](reports/fusion_au.md)) |")
+                    f"{100 * fu['speech']:.2f}%, AU head {100 * fu['au']:.2f}%"
+                    + (" (= the single branches: trained alone, then frozen)" if fu.get("frozen_branches") else "")
+                    + " ([fusion_au.md](reports/fusion_au.md)) |")
     sh = _load("ship_cv.json")
     if sh and sh.get("fused") is not None:
         rows.append(f"| shipped model (speech + FER face + label-paired fusion, one graph) | fused "

@@ -190,7 +190,7 @@ def _speech_embeddings(model, std, ps, rows: np.ndarray, clip_actor: np.ndarray)
 def run(data: str | Path, fer: str | Path | None, yamnet: str, face_model_path: str | Path | None = None,
         out_dir: Path | None = None, reports: Path | None = None, cache: Path | None = None,
         folds: list[int] | None = None, fusion_epochs: int = 30, final: bool = True, p: Params = Params(),
-        recipe: SpeechRecipe = SHIP_RECIPE, progress: bool = True) -> dict:
+        recipe: SpeechRecipe = SHIP_RECIPE, progress: bool = True, save_folds: Path | None = None) -> dict:
     """4-fold evaluation of the shipped recipe, then (``final``) the release model on all actors."""
     from training.fer2013 import load_split
     from training.speech_cv import prepare
@@ -222,6 +222,11 @@ def run(data: str | Path, fer: str | Path | None, yamnet: str, face_model_path: 
         res = evaluate_fold(s_te, s_pr, test_ps.clip[rows], labels, head, fva_emb, fva_probs, fer_val.y, p)
         res.update({"test_actors": test_actors, "val_actors": r["val_actors"], "best_epoch": r["best_epoch"],
                     "speech_branch_alone": r["clip_accuracy"]})
+        if save_folds is not None:        # each fold's graph, for export parity on its test actors
+            save_folds.mkdir(parents=True, exist_ok=True)
+            build_shipped_model(load_weights(yamnet), model, std.mean["global"], std.std["global"], face_model, head,
+                                p, batch_size=None).save(save_folds / f"fold{fi}.keras")
+            (save_folds / f"fold{fi}.json").write_text(json.dumps({"fold": fi, **res}, indent=2) + "\n")
         log.info("fold %s: fused %.3f speech %.3f face %.3f", test_actors, res["fused"], res["speech"], res["face"])
         fold_results.append(res)
 
