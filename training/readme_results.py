@@ -43,7 +43,8 @@ def results_table() -> str:
         rows.append(f"| face detection, edge MTCNN (LiteRT + numpy) | {e['median_ms']:.1f} ms per 640x360 frame, "
                     f"{fd['speedup_vs_package']['640x360']['edge']:.1f}x the `mtcnn` package; min IoU "
                     f"{rec['min_iou']:.5f} on {rec['frames_with_package_face']} CREMA-D frames | – | one thread, "
-                    f"machine under load ([face_detection_bench.json](reports/face_detection_bench.json)) |")
+                    f"1-min load average {fd['machine']['load_avg_1_5_15'][0]:.1f} at the start "
+                    f"([face_detection_bench.json](reports/face_detection_bench.json)) |")
     fu = _load("fusion_au_cv.json")
     if fu:
         rows.append(f"| fusion: speech + OpenFace action units (real pairs) | **{100 * fu['fused']:.2f}%** | 81.04% "
