@@ -222,13 +222,9 @@ class Runner:
 
     def _emit(self, events: list[dict]) -> None:
         for e in events:
-            e["dropped_frames"] = self._dropped()
             if e["status"] == "ok" and self.status != "running":
                 e["status"] = self.status
             self.publish(e)
-
-    def _dropped(self) -> int:
-        return sum(s.dropped for s in (self.camera,) if s is not None)
 
     def _run_file(self) -> int:
         a, loop = self.args, self.loop
@@ -275,6 +271,7 @@ class Runner:
                     got = True
             if self.camera is not None:
                 item = self.camera.read(timeout=0.05 if self.mic is not None else 0.5)
+                loop.counters.dropped_frames = self.camera.dropped        # frames the mailbox replaced
                 if item is not None:
                     _, t, rgb = item
                     loop.on_frame(t, rgb)

@@ -51,7 +51,6 @@ class VideoFileSource:
             self._c.close()
             wanted = " and ".join(k for k, u in (("video", use_video), ("audio", use_audio)) if u)
             raise VideoError(f"{self.path}: no {wanted} track")
-        self.dropped = 0
 
     def __iter__(self) -> Iterator[tuple[str, float, np.ndarray]]:
         import av

@@ -231,6 +231,10 @@ class _FakeLoop:
     class p:
         patch_hop_seconds = 0.48
 
+    def __init__(self):
+        from edge.loop import Counters
+        self.counters = Counters()
+
     def on_frame(self, t, rgb):
         pass
 
@@ -269,3 +273,24 @@ def test_shipped_example_config_parses():
     args = parse(["--config", str(REPO / "systemd" / "edge-run.toml")])
     assert args.camera == 0 and args.mic == "default" and args.http == "127.0.0.1:8080" and args.jsonl == "-"
     assert args.threads == 1 and args.detect_every == 5
+
+
+def test_camera_mailbox_drops_and_counts_instead_of_queueing():
+    """A camera faster than the loop: untaken frames are replaced (counted), memory holds one frame."""
+    from edge.sources import CameraSource
+    n = {"i": 0}
+
+    def opener():
+        def read():
+            n["i"] += 1
+            time.sleep(0.002)
+            return np.full((2, 2, 3), n["i"] % 255, np.uint8)
+        return read, (lambda: None)
+    cam = CameraSource(0, opener=opener).start()
+    try:
+        time.sleep(0.3)                                  # the loop is "busy": nothing taken
+        item = cam.read(timeout=1.0)
+        assert item is not None and cam.dropped > 10
+        assert cam.read(timeout=0.0) is None or cam.dropped > 10   # never more than one frame waiting
+    finally:
+        cam.stop()

@@ -97,7 +97,8 @@ def run_ablation(args, recipe, p, out: Path, folds, cache, progress) -> int:
     prep_cache: dict = {}
     for name, change, over in ABLATION:
         r = recipe.replace(**over)
-        if name in done and done[name]["recipe"] == dataclasses.asdict(r) and done[name]["folds"] == (folds or "all"):
+        same_recipe = name in done and done[name]["recipe"] == json.loads(json.dumps(dataclasses.asdict(r)))
+        if same_recipe and done[name]["folds"] == json.loads(json.dumps(folds or "all")):
             log.info("ablation %s: cached (%.3f)", name, done[name]["mean_clip_accuracy"])
             continue
         t = time.time()
