@@ -291,6 +291,5 @@ def test_camera_mailbox_drops_and_counts_instead_of_queueing():
         time.sleep(0.3)                                  # the loop is "busy": nothing taken
         item = cam.read(timeout=1.0)
         assert item is not None and cam.dropped > 10
-        assert cam.read(timeout=0.0) is None or cam.dropped > 10   # never more than one frame waiting
     finally:
         cam.stop()
