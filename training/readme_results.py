@@ -64,8 +64,9 @@ def results_table() -> str:
         rows.append(f"| int8 export (one TFLite graph: YAMNet trunk + 3 heads) | accuracy drop "
                     f"{ex['int8_accuracy_drop_points']:.2f} points, top-1 agreement {100 * ex['top1_agreement']:.2f}%, "
                     f"size {100 * ex['size_ratio_int8_to_float']:.1f}% of float; ONNX max diff "
-                    f"{ex['max_abs_diff_vs_keras']['onnx']:.1e} | – | held-out actors + FER2013 validation "
-                    f"([export.json](reports/export.json)) |")
+                    f"{ex['max_abs_diff_vs_keras']['onnx']:.1e} | – | "
+                    f"{'each fold graph on its CV test actors' if 'cv' in ex else 'release graph, held-out actors'}"
+                    f" + FER2013 validation ([export.json](reports/export.json)) |")
     be = _load("bench.json")
     if be and "speedup_int8_vs_keras_1thread" in be:
         m = be["stages"]["model_tflite_int8"]["1"]["p50"]
