@@ -221,3 +221,14 @@ def test_execstack_objects(tmp_path):
         z.writestr("x/__init__.py", "")
     wheel.write_bytes(buf.getvalue())
     assert pi_wheels.execstack_objects(wheel) == ["x.libs/libbad.so.1"]
+
+
+@pytest.mark.parametrize("variant", ["base", "coral"])
+def test_embedded_config_is_a_valid_edge_run_config(variant, tmp_path):
+    """The config each image installs is accepted by edge-run's own parser (no unknown keys)."""
+    from edge.run import parse
+    f = tmp_path / "edge-run.toml"
+    f.write_text(files(variant)[TOML_PATH]["content"])
+    args = parse(["--config", str(f)])
+    assert args.camera is not None and args.http
+    assert (args.delegate == "edgetpu") == (variant == "coral")
