@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--realtime", action="store_true", default=None, help="pace --video like a live source")
     s.add_argument("--no-audio", action="store_true", default=None, help="ignore the audio (video-only)")
     s.add_argument("--no-video", action="store_true", default=None, help="ignore the video (audio-only)")
+    s.add_argument("--list-devices", action="store_true", help="list the cameras (V4L2) and microphones (pyaudio) "
+                   "this machine has, then exit")
     m = ap.add_argument_group("model")
     m.add_argument("--model", help="int8 .tflite (default: the one shipped in edge/models/)")
     m.add_argument("--threads", type=int, help="inference threads (default 1)")
@@ -98,9 +100,37 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def list_devices() -> list[str]:
+    """Cameras from /dev/video* and /sys names; input devices from pyaudio (when installed)."""
+    lines = ["cameras (--camera N or --camera /dev/videoN):"]
+    cams = sorted(Path("/dev").glob("video*"), key=lambda f: int("0" + "".join(c for c in f.name if c.isdigit())))
+    for dev in cams:
+        name = Path(f"/sys/class/video4linux/{dev.name}/name")
+        lines.append(f"  {dev}  {name.read_text().strip() if name.is_file() else ''}")
+    if not cams:
+        lines.append("  none found (no /dev/video*)")
+    lines.append("microphones (--mic INDEX or --mic NAME):")
+    try:
+        import pyaudio
+    except ImportError:
+        lines.append("  pyaudio is not installed: pip install 'av-emotion-edge[mic]' (needs portaudio19-dev)")
+        return lines
+    pa = pyaudio.PyAudio()
+    try:
+        found = [(i, pa.get_device_info_by_index(i)) for i in range(pa.get_device_count())]
+        found = [(i, d) for i, d in found if d.get("maxInputChannels", 0) > 0]
+        lines += [f"  {i}  {d['name']} ({int(d['defaultSampleRate'])} Hz)" for i, d in found] or ["  none found"]
+    finally:
+        pa.terminate()
+    return lines
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     ap = build_parser()
     args = ap.parse_args(argv)
+    if args.list_devices:
+        print("\n".join(list_devices()))
+        raise SystemExit(0)
     defaults = {"threads": 1, "detect_every": 5, "decision_window": 3.0, "jsonl": "-",
                 "mqtt_topic": "av-emotion-edge", "log_level": "INFO"}
     for k, v in {**defaults, **load_config(args.config)}.items():

@@ -293,3 +293,8 @@ def test_camera_mailbox_drops_and_counts_instead_of_queueing():
         assert item is not None and cam.dropped > 10
     finally:
         cam.stop()
+
+
+def test_list_devices_exits_cleanly():
+    r = run("--list-devices")
+    assert r.returncode == 0 and "cameras" in r.stdout and "microphones" in r.stdout, r.stderr[-1000:]
