@@ -263,6 +263,7 @@ class Runner:
             if self.stop_requested:
                 break
             self.last_progress = time.monotonic()
+            loop.counters.dropped_frames = self.video.dropped
             if kind == "video":
                 loop.on_frame(t, x)
                 if not self.video.has_audio:                  # video-only: face head every patch hop

@@ -35,8 +35,10 @@ class SourceError(RuntimeError):
 class VideoFileSource:
     def __init__(self, path: str | Path, use_video: bool = True, use_audio: bool = True, realtime: bool = False,
                  p: Params = Params(), max_side: int | None = 640):
-        """``max_side``: frames larger than this are scaled down while decoding (the loop works at 640 px)."""
+        """``max_side``: frames larger than this are scaled down while decoding (the loop works at 640 px).
+        ``realtime``: paced like a live source; video frames more than ``max_lag_s`` late are dropped (counted)."""
         self.path, self.realtime, self.p, self.max_side = Path(path), realtime, p, max_side
+        self.max_lag_s, self.dropped = 0.2, 0
         if not self.path.is_file():
             raise VideoError(f"video file not found: {self.path}")
         import av
@@ -74,6 +76,9 @@ class VideoFileSource:
                     lag = (t - media0) - (time.monotonic() - wall0)
                     if lag > 0:
                         time.sleep(lag)
+                    elif lag < -self.max_lag_s and not isinstance(frame, av.AudioFrame):
+                        self.dropped += 1                     # behind a live pace: skip video, never audio
+                        continue
                 if isinstance(frame, av.AudioFrame):
                     for f in to_float.resample(frame):
                         x = f.to_ndarray().astype(np.float32)          # (channels, n) planar float

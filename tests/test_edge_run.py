@@ -298,3 +298,18 @@ def test_camera_mailbox_drops_and_counts_instead_of_queueing():
 def test_list_devices_exits_cleanly():
     r = run("--list-devices")
     assert r.returncode == 0 and "cameras" in r.stdout and "microphones" in r.stdout, r.stderr[-1000:]
+
+
+def test_realtime_video_drops_late_frames_and_counts_them(clip):
+    """--realtime paces a file like a live source; a loop slower than the frame rate drops video frames
+    (counted), never audio."""
+    from edge.sources import VideoFileSource
+    src = VideoFileSource(clip, realtime=True)
+    n_video = n_audio = 0
+    for kind, _, _ in src:
+        if kind == "video":
+            n_video += 1
+            time.sleep(0.1)                                       # a slow loop: 10 fps for a 30 fps clip
+        else:
+            n_audio += 1
+    assert src.dropped > 10 and n_video + src.dropped > 50 and n_audio > 0
