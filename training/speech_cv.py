@@ -227,7 +227,10 @@ def limits(r: dict, ablation: list[dict]) -> list[str]:
                                      ("clip-cmn", "of per-actor over per-clip normalisation"),
                                      ("no-augment", "from augmentation"),
                                      ("test-hop-0.24", "vs. twice the votes at test"),
-                                     ("refit", "vs. refitting on the validation actors")) if n in rows]
+                                     ("refit", "vs. refitting on the validation actors"),
+                                     ("ensemble-3", "vs. a 3-seed ensemble (3x the training time)"),
+                                     ("device-norm", "of per-actor feature statistics over the device's fixed ones"))
+                 if n in rows]
         text = "; ".join(f"{delta(n)} {t}" for n, t in named) + "."
         small = [n for n in ("no-augment", "test-hop-0.24", "refit") if n in rows and abs(float(delta(n))) < 2]
         if "no-speaker-norm" in rows and float(delta("no-speaker-norm")) > 3 and small:
