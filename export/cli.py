@@ -12,8 +12,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
-import sys
 import time
 from pathlib import Path
 
@@ -212,17 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"), format="%(asctime)s %(name)s %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    args.argv = argv
     from edge.runtime import ModelError
-    try:
-        return cmd_export(args)
-    except (FileNotFoundError, ModelError, ValueError) as e:
-        print(f"edge-export: error: {e}", file=sys.stderr)
-        return 2
+    from training.cli import run_command
+    return run_command("edge-export", build_parser(), argv, (FileNotFoundError, ModelError, ValueError), cmd_export)
 
 
 if __name__ == "__main__":

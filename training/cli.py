@@ -262,21 +262,29 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_command(prog: str, parser: argparse.ArgumentParser, argv: list[str] | None,
+                errors: tuple[type[BaseException], ...], func=None) -> int:
+    """The workstation commands' shared entry: logging, quiet TensorFlow, parse, and the expected errors
+    as one line naming the input (exit 2) instead of a traceback."""
     logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"), format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = parser.parse_args(argv)
     args.argv = argv
+    try:
+        return (func or args.func)(args)
+    except errors as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
     from edge.audio.io import AudioError
     from edge.runtime import ModelError
     from training.ravdess import RavdessNameError
     from training.yamnet import YamnetWeightsError
-    try:
-        return args.func(args)
-    except (FileNotFoundError, AudioError, ModelError, RavdessNameError, YamnetWeightsError) as e:
-        print(f"edge-train: error: {e}", file=sys.stderr)
-        return 2
+    return run_command("edge-train", build_parser(), argv,
+                       (FileNotFoundError, AudioError, ModelError, RavdessNameError, YamnetWeightsError))
 
 
 if __name__ == "__main__":
