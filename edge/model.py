@@ -32,9 +32,11 @@ def load_manifest(model_path: Path, manifest: Path | None = None) -> dict:
         raise ModelError(f"no manifest.json next to {model_path}: it holds the emotions and the speaker-norm prior")
     try:
         m = json.loads(f.read_text())
-        m["emotions"], m["logmel_prior_mean"]              # noqa: B018 - required keys
-    except (ValueError, KeyError) as e:
+    except ValueError as e:
         raise ModelError(f"{f}: unreadable manifest ({e})") from e
+    missing = [k for k in ("emotions", "logmel_prior_mean") if k not in m]
+    if missing:
+        raise ModelError(f"{f}: unreadable manifest (missing {missing})")
     return m
 
 

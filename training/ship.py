@@ -207,6 +207,7 @@ def run(data: str | Path, fer: str | Path | None, yamnet: str, face_model_path: 
     fva_emb, fva_probs = _face_embeddings(face_model, fer_val.x, p)
     log.info("face embeddings: %d train, %d validation", len(ftr_emb), len(fva_emb))
     prep = prepare(data, yamnet, recipe, p, cache, progress)
+    weights = load_weights(yamnet) if (final or save_folds is not None) else None   # read once, used per graph
     labels, clip_actor, test_ps = prep["labels"], prep["clip_actor"], prep["test_ps"]
 
     fold_results = []
@@ -224,7 +225,7 @@ def run(data: str | Path, fer: str | Path | None, yamnet: str, face_model_path: 
                     "speech_branch_alone": r["clip_accuracy"]})
         if save_folds is not None:        # each fold's graph, for export parity on its test actors
             save_folds.mkdir(parents=True, exist_ok=True)
-            build_shipped_model(load_weights(yamnet), model, std.mean["global"], std.std["global"], face_model, head,
+            build_shipped_model(weights, model, std.mean["global"], std.std["global"], face_model, head,
                                 p, batch_size=None).save(save_folds / f"fold{fi}.keras")
             (save_folds / f"fold{fi}.json").write_text(json.dumps({"fold": fi, **res}, indent=2) + "\n")
         log.info("fold %s: fused %.3f speech %.3f face %.3f", test_actors, res["fused"], res["speech"], res["face"])
@@ -247,7 +248,7 @@ def run(data: str | Path, fer: str | Path | None, yamnet: str, face_model_path: 
         reports.mkdir(parents=True, exist_ok=True)
         (reports / "ship_cv.json").write_text(json.dumps(result, indent=2) + "\n")
     if final:
-        result["release"] = train_release(prep, face_model, ftr_emb, fer_train.y, load_weights(yamnet),
+        result["release"] = train_release(prep, face_model, ftr_emb, fer_train.y, weights,
                                           out_dir, recipe, p, fusion_epochs, progress)
     return result
 
