@@ -48,14 +48,26 @@ def write_manifest(models_dir: Path, meta: dict, metrics: dict) -> dict:
     return manifest
 
 
-def compare_backends(model, float_f: Path, int8_f: Path, onnx_f: Path, d, p) -> dict:
-    """Outputs of Keras float, TFLite float, TFLite int8 and ONNX on the same parity data."""
+def convert(trained, work: Path, models_dir: Path, rep, p, onnx_dir: Path | None = None) -> tuple[object, dict, dict]:
+    """trained Keras model -> (device graph, prequant report, export targets): float TFLite and ONNX from the
+    device graph, int8 from its bias-corrected twin (export/prequant.py)."""
+    from export.convert import calibration_arrays, export_all
+    from export.prequant import device_graphs
+    device, twin, pq = device_graphs(trained, *calibration_arrays(rep), p)
+    return device, pq, export_all(device, work, models_dir, rep, onnx_dir or work, p, int8_model=twin)
+
+
+def compare_backends(model, float_f: Path, int8_f: Path, onnx_f: Path, d, p, trained=None) -> dict:
+    """Outputs of Keras float (the device graph), TFLite float, TFLite int8 and ONNX on the same parity data;
+    with ``trained``, also the trained model before the export's graph steps (``keras_trained``)."""
     from edge.runtime import load_model
     from export import parity
     runs = {"keras_float": parity.keras_predict(model),
             "tflite_float": parity.edge_predict(load_model(float_f)),
             "tflite_int8": parity.edge_predict(load_model(int8_f)),
             "onnx": parity.edge_predict(load_model(onnx_f, backend="onnx"))}
+    if trained is not None:
+        runs["keras_trained"] = parity.keras_predict(trained)
     outs = {}
     for name, fn in runs.items():
         t = time.time()
@@ -73,7 +85,8 @@ def summarize(outs: dict, d, p) -> dict:
             "top1_agreement_vs_keras": {k: parity.agreement(outs["keras_float"], v) for k, v in outs.items()},
             "max_abs_diff_vs_keras": {k: parity.max_abs_diff(outs["keras_float"], v) for k, v in outs.items()},
             "int8_accuracy_drop_points": float(max(100 * (ref[k] - acc["tflite_int8"][k]) for k in ref)),
-            "top1_agreement": parity.agreement(outs["tflite_float"], outs["tflite_int8"])}
+            "top1_agreement": parity.agreement(outs["tflite_float"], outs["tflite_int8"]),
+            "top1_agreement_by_head": parity.agreement_by_head(outs["tflite_float"], outs["tflite_int8"])}
 
 
 def cv_parity(folds_dir: Path, work: Path, cal, fer_train, data: Path, fer: Path, n_cal: int, p) -> dict:
@@ -82,7 +95,7 @@ def cv_parity(folds_dir: Path, work: Path, cal, fer_train, data: Path, fer: Path
     import keras
 
     from export import parity
-    from export.convert import FLOAT_NAME, INT8_NAME, ONNX_NAME, export_all, representative_data
+    from export.convert import FLOAT_NAME, INT8_NAME, ONNX_NAME, representative_data
     from training.paths import cache_dir
     per_fold, total = [], {}
     for f in sorted(folds_dir.glob("fold*.keras")):
@@ -90,13 +103,13 @@ def cv_parity(folds_dir: Path, work: Path, cal, fer_train, data: Path, fer: Path
         test = info["test_actors"]
         keep = ~np.isin(cal["actor"], test)
         rep = representative_data(cal["log_mel"][keep], cal["label"][keep], fer_train.x, fer_train.y, n_cal, p)
-        model = keras.saving.load_model(f, compile=False)
+        trained = keras.saving.load_model(f, compile=False)
         fw = work / f.stem
-        export_all(model, fw, fw, rep, fw, p)
+        model, pq, _ = convert(trained, fw, fw, rep, p)
         d = parity.heldout_data(data, fer, test, p, cache_dir())
-        outs = compare_backends(model, fw / FLOAT_NAME, fw / INT8_NAME, fw / ONNX_NAME, d, p)
+        outs = compare_backends(model, fw / FLOAT_NAME, fw / INT8_NAME, fw / ONNX_NAME, d, p, trained)
         sm = summarize(outs, d, p)
-        per_fold.append({"fold": info["fold"], "test_actors": test, **sm})
+        per_fold.append({"fold": info["fold"], "test_actors": test, **sm, "prequant": pq})
         n = sm["n_clips"]
         for b, a in sm["accuracy"].items():
             for k, v in a.items():
@@ -112,6 +125,10 @@ def cv_parity(folds_dir: Path, work: Path, cal, fer_train, data: Path, fer: Path
             "folds": per_fold, "accuracy": acc,
             "int8_accuracy_drop_points": float(max(100 * (ref[k] - acc["tflite_int8"][k]) for k in ref)),
             "top1_agreement": float(np.average([fd["top1_agreement"] for fd in per_fold], weights=agree_w)),
+            "top1_agreement_by_head": {k: float(np.average([fd["top1_agreement_by_head"][k] for fd in per_fold],
+                                                           weights=[fd["n_patches"] * n + (fd["n_faces"] if k == "face"
+                                                                                            else 0) for fd in per_fold]))
+                                       for k, n in (("speech", 1), ("fused", 5), ("face", 0))},
             "top1_agreement_vs_keras": {b: float(np.average([fd["top1_agreement_vs_keras"][b] for fd in per_fold],
                                                             weights=agree_w)) for b in acc},
             "max_abs_diff_vs_keras": {b: float(max(fd["max_abs_diff_vs_keras"][b] for fd in per_fold)) for b in acc}}
@@ -122,7 +139,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from edge.params import Params
     from export import parity
-    from export.convert import FLOAT_NAME, INT8_NAME, ONNX_NAME, export_all, representative_data
+    from export.convert import FLOAT_NAME, INT8_NAME, ONNX_NAME, representative_data
     from export.edgetpu import edgetpu_report
     from training.fer2013 import load_split
     from training.paths import cache_dir, reports_dir, shared_root
@@ -137,20 +154,20 @@ def cmd_export(args: argparse.Namespace) -> int:
         if not f.is_file():
             raise FileNotFoundError(f"{f} not found: run `edge-train ship` first (or pass --ship-dir)")
     meta = json.loads(meta_f.read_text())
-    model = keras.saving.load_model(model_f, compile=False)
+    trained = keras.saving.load_model(model_f, compile=False)
     cal = np.load(ship_dir / "calibration_speech.npz")
     fer_train = load_split(fer, "train", p=p)
     rep = representative_data(cal["log_mel"], cal["label"], fer_train.x, fer_train.y, args.calibration, p)
     t0 = time.time()
-    targets = export_all(model, work, models_dir, rep, work, p)
+    model, pq, targets = convert(trained, work, models_dir, rep, p)
     report = {"targets": targets, "export_seconds": time.time() - t0, "command": "edge-export " +
-              " ".join(args.argv), "calibration_samples": args.calibration}
+              " ".join(args.argv), "calibration_samples": args.calibration, "prequant": pq}
 
     data = Path(args.data) if args.data else shared_root() / "data" / "ravdess" / "speech16k"
     if not args.skip_parity:
         # the release graph on the actors its speech head never fitted
         d = parity.heldout_data(data, fer, meta["speech_val_actors"], p, cache_dir())
-        outs = compare_backends(model, work / FLOAT_NAME, models_dir / INT8_NAME, work / ONNX_NAME, d, p)
+        outs = compare_backends(model, work / FLOAT_NAME, models_dir / INT8_NAME, work / ONNX_NAME, d, p, trained)
         report["release_heldout"] = summarize(outs, d, p) | {
             "protocol": f"the release graph on RAVDESS actors {meta['speech_val_actors']} (its speech head's validation "
                         f"actors, never fitted; its fusion head trained on them) with label-paired FER2013 validation "
@@ -164,7 +181,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                         folds_dir)
             src = report["release_heldout"]
         report.update({k: src[k] for k in ("accuracy", "top1_agreement_vs_keras", "max_abs_diff_vs_keras",
-                                           "int8_accuracy_drop_points", "top1_agreement", "protocol")})
+                                           "int8_accuracy_drop_points", "top1_agreement", "top1_agreement_by_head",
+                                           "protocol")})
     sizes = {k: v["bytes"] for k, v in targets.items() if "bytes" in v}
     report["sizes_bytes"] = sizes
     report["size_ratio_int8_to_float"] = sizes["tflite_int8"] / sizes["tflite_float"]

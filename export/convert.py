@@ -111,6 +111,12 @@ def _write(out: Path, data: bytes) -> Path:
     return out
 
 
+def calibration_arrays(representative: Callable[[], Iterable[dict]]) -> tuple[np.ndarray, np.ndarray]:
+    """The representative dataset as two arrays: log_mel (n, 96, 64), faces (n, 5, 60, 60, 1)."""
+    xs = list(representative())
+    return np.concatenate([x["log_mel"] for x in xs]), np.concatenate([x["faces"] for x in xs])
+
+
 def representative_data(log_mel: np.ndarray, labels: np.ndarray, faces_u8: np.ndarray, face_y: np.ndarray,
                         n: int = 200, p: Params = Params(), seed: int = 0) -> Callable[[], Iterable[dict]]:
     """Real calibration inputs: speaker-normalised RAVDESS patches with label-paired FER2013 faces."""
@@ -128,14 +134,16 @@ def representative_data(log_mel: np.ndarray, labels: np.ndarray, faces_u8: np.nd
 
 
 def export_all(model, work: Path, models_dir: Path, representative, onnx_dir: Path | None = None,
-               p: Params = Params()) -> dict:
-    """Every target; returns {target: {"path", "bytes", "seconds"}}."""
+               p: Params = Params(), int8_model=None) -> dict:
+    """Every target; returns {target: {"path", "bytes", "seconds"}}. ``int8_model`` (default ``model``): the
+    graph the int8 file is converted from (the device graph's bias-corrected twin, export/prequant.py)."""
     out = {}
     t = time.time()
     sm = to_saved_model(model, work / "saved_model", p)
     out["saved_model"] = {"path": str(sm), "seconds": time.time() - t}
+    sm8 = sm if int8_model is None else to_saved_model(int8_model, work / "saved_model_int8", p)
     for name, fn in (("tflite_float", lambda: to_tflite_float(sm, (onnx_dir or work) / FLOAT_NAME)),
-                     ("tflite_int8", lambda: to_tflite_int8(sm, models_dir / INT8_NAME, representative)),
+                     ("tflite_int8", lambda: to_tflite_int8(sm8, models_dir / INT8_NAME, representative)),
                      ("onnx", lambda: to_onnx(sm, (onnx_dir or work) / ONNX_NAME))):
         t = time.time()
         f = fn()

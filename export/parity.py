@@ -96,6 +96,10 @@ def agreement(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
     return same / total
 
 
+def agreement_by_head(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, float]:
+    return {k: float(np.mean(a[k].argmax(-1) == b[k].argmax(-1))) for k in ("speech", "fused", "face")}
+
+
 def max_abs_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
     return float(max(np.max(np.abs(a[k] - b[k])) for k in ("speech", "fused", "face")))
 

@@ -33,3 +33,12 @@ def test_missing_data_folder(tmp_path):
 def test_bad_yamnet_path(tmp_path):
     r = run("speech", "--yamnet", str(tmp_path / "y.tflite"), "--quiet", "--no-cache", "--folds", "0")
     assert r.returncode == 2 and "y.tflite" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_prequant_report_help_and_missing_folds(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "export.prequant_report", "--help"], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and "reports/prequant.json" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "export.prequant_report", "--ship-dir", str(tmp_path)], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "fold0.keras" in r.stderr and "Traceback" not in r.stderr

@@ -104,3 +104,108 @@ def test_device_wrapper_on_the_exported_graph(exported):
     with pytest.raises(ValueError, match="log-mel patch"):
         m.infer(np.zeros((10, 64)), None)
     assert graph_macs(targets["tflite_int8"]["path"]) > 50e6                        # the YAMNet trunk alone is more
+
+
+# ------------------------------------------------------------------ export/prequant.py: the device graph
+
+def test_standardization_fold_is_exact(exported):
+    from edge.params import Params
+    from training.ship import build_shipped_model, fold_standardization, shipped_parts
+    model, _, _ = exported
+    rng = np.random.default_rng(4)
+    parts = shipped_parts(model)
+    parts["feat_mean"] = rng.uniform(0, 1, 64).astype(np.float32)
+    parts["feat_std"] = rng.uniform(0.15, 2.0, 64).astype(np.float32)          # the trained spread: 0.18 .. 1.7
+    p = Params()
+    plain = build_shipped_model(**parts, p=p, batch_size=None)
+    folded = build_shipped_model(**fold_standardization(parts), p=p, batch_size=None)
+    assert np.allclose(folded.get_layer("a3_standardize").get_config()["variance"], 1.0)
+    lm, faces = _inputs(5)
+    a, b = plain({"log_mel": lm, "faces": faces}), folded({"log_mel": lm, "faces": faces})
+    for k in a:
+        np.testing.assert_allclose(np.asarray(b[k]), np.asarray(a[k]), atol=1e-5)
+
+
+def test_device_graph_floors_logits_and_keeps_the_argmax(exported):
+    from export.prequant import HEADS, device_graphs, head_logits
+    model, _, _ = exported
+    rng = np.random.default_rng(6)
+    lm = rng.normal(0, 2, (24, 96, 64)).astype(np.float32)
+    faces = rng.random((24, 5, 60, 60, 1)).astype(np.float32)
+    device, twin, rep = device_graphs(model, lm, faces)
+    assert set(rep["logit_floor"]) == set(HEADS) and set(rep["bias_correction"]["mean_abs_shift"])
+    ref = model({"log_mel": lm, "faces": faces})
+    got = device({"log_mel": lm, "faces": faces})
+    z = head_logits(model, lm, faces)
+    for k in HEADS:
+        r, g = np.asarray(ref[k]).reshape(-1, 8), np.asarray(got[k]).reshape(-1, 8)
+        np.testing.assert_allclose(g.sum(-1), 1.0, atol=1e-5)                   # still probabilities
+        above = z[k].max(-1) > rep["logit_floor"][k]
+        assert above.all()                                                       # calibration inputs, by construction
+        assert (r.argmax(-1) == g.argmax(-1)).all()
+        below = z[k] <= rep["logit_floor"][k]                                    # floored classes share one value
+        for row in range(len(g)):
+            if below[row].sum() > 1:
+                assert np.ptp(g[row][below[row]]) < 1e-6
+    # the twin differs only in the biases: same structure, other outputs
+    assert [w.shape for w in twin.get_weights()] == [w.shape for w in device.get_weights()]
+
+
+def test_int8_weight_model_matches_the_converter(tmp_path):
+    """export.prequant.int8_weights reproduces the kernel the TFLite converter stores (per output channel)."""
+    import keras
+    from ai_edge_litert.interpreter import Interpreter
+
+    from export.prequant import int8_weights
+    keras.utils.set_random_seed(1)
+    m = keras.Sequential([keras.Input((12, 12, 1), batch_size=1), keras.layers.Conv2D(6, 3, padding="same")])
+    w = m.layers[0].get_weights()[0]
+    conv = tf.lite.TFLiteConverter.from_keras_model(m)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([np.random.rand(1, 12, 12, 1).astype(np.float32)] for _ in range(4))
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    (tmp_path / "c.tflite").write_bytes(conv.convert())
+    it = Interpreter(str(tmp_path / "c.tflite"))
+    it.allocate_tensors()
+    k = next(t for t in it.get_tensor_details() if t["dtype"] == np.int8 and len(t["shape"]) == 4
+             and tuple(t["shape"]) == (6, 3, 3, 1))                              # OHWI
+    q = it.get_tensor(k["index"]).astype(np.float64) * k["quantization_parameters"]["scales"][:, None, None, None]
+    np.testing.assert_allclose(q.transpose(1, 2, 3, 0), int8_weights(w, -1), atol=1e-7)
+
+
+def test_bias_correction_removes_the_mean_int8_weight_offset(tmp_path):
+    """A first conv (one input channel, 9 weights per filter) on smooth images: the int8 file converted
+    from the corrected copy has a smaller per-channel mean error against float than the uncorrected one."""
+    import keras
+    from ai_edge_litert.interpreter import Interpreter
+
+    from export.prequant import correct_bias, expected_weight_error
+    keras.utils.set_random_seed(2)
+    m = keras.Sequential([keras.Input((24, 24, 1), batch_size=1), keras.layers.Conv2D(16, 3, padding="same")])
+    w, b = m.layers[0].get_weights()
+    m.layers[0].set_weights([w - w.mean(axis=(0, 1, 2), keepdims=True), b])     # edge detectors: sum(w) ~ 0
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:24, 0:24] / 24.0
+    imgs = np.stack([0.5 + 0.3 * np.sin(a * xx + c * yy) for a, c in rng.uniform(0, 3, (64, 2))])[..., None]
+    imgs = imgs.astype(np.float32)
+    fixed = keras.models.clone_model(m)
+    fixed.set_weights(m.get_weights())
+    correct_bias(fixed.layers[0], expected_weight_error(fixed.layers[0], imgs))
+
+    def offset(model):
+        conv = tf.lite.TFLiteConverter.from_keras_model(model)
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = lambda: ([x[None]] for x in imgs[:32])
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        f = tmp_path / f"{model.name}.tflite"
+        f.write_bytes(conv.convert())
+        it = Interpreter(str(f))
+        it.allocate_tensors()
+        i, o = it.get_input_details()[0], it.get_output_details()[0]
+        err = []
+        for x in imgs[32:]:
+            it.set_tensor(i["index"], x[None])
+            it.invoke()
+            err.append(it.get_tensor(o["index"])[0] - np.asarray(m(x[None]))[0])
+        return np.abs(np.mean(err, axis=(0, 1, 2))).mean()
+    assert offset(fixed) < 0.5 * offset(m)

@@ -87,6 +87,10 @@ def render() -> str:
                  f"{pct(a['keras_float']['speech_clip'])} / {pct(a['keras_float']['fused_clip'])} / "
                  f"{pct(a['keras_float']['face_fer_val'])}; drop {ex['int8_accuracy_drop_points']:.2f} points, "
                  f"top-1 agreement {pct(ex['top1_agreement'])} | `{ex.get('command', 'edge-export')}` |")
+        if "keras_trained" in a:
+            L.append(f"| trained model before the export's graph steps (speech clip / fused clip / FER val face) | "
+                     f"{pct(a['keras_trained']['speech_clip'])} / {pct(a['keras_trained']['fused_clip'])} / "
+                     f"{pct(a['keras_trained']['face_fer_val'])} | `{ex.get('command', 'edge-export')}` |")
     if er:
         L.append(f"| CREMA-D clips through `edge-run --video` (clip vote) | {er['cremad_correct']} correct | "
                  f"`{er['command']}` |")
@@ -108,7 +112,11 @@ def render() -> str:
           "it does on real video. The action-unit result is the real paired figure here.",
           "- Speech: acted North-American English (RAVDESS, 24 actors, 2 sentences); speaker normalisation on the "
           "device is a running estimate, so the first seconds of a new speaker are less accurate.",
-          "- The speech branch is below the paper (72.22%); see reports/speech.md.", ""]
+          "- The speech branch is below the paper (72.22%); see reports/speech.md.",
+          "- The exported graph floors each head's logits a little below the lowest maximum seen on calibration "
+          "data (export/prequant.py, values in reports/export.json): the argmax is the trained model's, but the "
+          "classes below the floor share one small probability, so low-confidence outputs are flatter than the "
+          "trained model's.", ""]
     return "\n".join(L)
 
 

@@ -61,12 +61,21 @@ def results_table() -> str:
                     f"([MODEL_CARD.md](reports/MODEL_CARD.md)) |")
     ex = _load("export.json")
     if ex and "top1_agreement" in ex:
+        by = ex.get("top1_agreement_by_head")
+        heads = (f" (speech patches {100 * by['speech']:.1f}%, fused triples {100 * by['fused']:.1f}%, FER faces "
+                 f"{100 * by['face']:.1f}%)") if by else ""
         rows.append(f"| int8 export (one TFLite graph: YAMNet trunk + 3 heads) | accuracy drop "
-                    f"{ex['int8_accuracy_drop_points']:.2f} points, top-1 agreement {100 * ex['top1_agreement']:.2f}%, "
+                    f"{ex['int8_accuracy_drop_points']:.2f} points, top-1 agreement {100 * ex['top1_agreement']:.2f}%"
+                    f"{heads}, "
                     f"size {100 * ex['size_ratio_int8_to_float']:.1f}% of float; ONNX max diff "
                     f"{ex['max_abs_diff_vs_keras']['onnx']:.1e} | – | "
                     f"{'each fold graph on its CV test actors' if 'cv' in ex else 'release graph, held-out actors'}"
                     f" + FER2013 validation ([export.json](reports/export.json)) |")
+    pq = _load("prequant.json")
+    if pq and pq.get("steps"):
+        steps = " -> ".join(f"{100 * r['top1_agreement']:.1f}%" for r in pq["steps"])
+        rows.append(f"| int8 graph steps, top-1 agreement (export/prequant.py) | {steps} | – | fold {pq['fold']}: "
+                    f"{'; '.join(r['step'] for r in pq['steps'])} ([prequant.json](reports/prequant.json)) |")
     be = _load("bench.json")
     if be and "speedup_int8_vs_keras_1thread" in be:
         m = be["stages"]["model_tflite_int8"]["1"]["p50"]

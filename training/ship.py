@@ -75,12 +75,17 @@ def build_fusion_head(s_dim: int, f_dim: int, p: Params = Params(), dense: int =
 
 
 def build_shipped_model(trunk_weights, speech_head, feat_mean: np.ndarray, feat_std: np.ndarray, face_model,
-                        fusion_head, p: Params = Params(), batch_size: int | None = 1, name: str = "av_emotion"):
+                        fusion_head, p: Params = Params(), batch_size: int | None = 1, name: str = "av_emotion",
+                        logit_floor: dict[str, float] | None = None):
     """One graph, three heads.
 
     Inputs: ``log_mel`` (b, 96, 64) speaker-normalised log-mel patch; ``faces`` (b, 5, 60, 60, 1) grey
     faces in [0, 1] (the paper's 5 faces per patch). Outputs: ``fused`` (b, 5, 8), one distribution per
     (patch, face) triple; ``speech`` (b, 8); ``face`` (b, 5, 8).
+
+    ``logit_floor`` ({"speech": c, "face": c, "fused": c}, the device graph of ``edge-export``): each head's
+    output layer becomes softmax(max(logits, c)) (its bias lowered by c, a ReLU, then softmax, which ignores
+    the shift). The layers passed in are changed in place, so pass copies.
     """
     import keras
     from keras import layers as L
@@ -92,22 +97,75 @@ def build_shipped_model(trunk_weights, speech_head, feat_mean: np.ndarray, feat_
     a3 = build_trunk(trunk_weights)(lm)                                           # (b, 24, 16, 64)
     z = L.Normalization(axis=-1, mean=feat_mean, variance=np.square(feat_std), name="a3_standardize")(a3)
     s_emb, s_probs = embedder(speech_head, "speech_embedding")(z)                   # (b, 128), (b, 8)
-    f_both = keras.Model(face_model.input, L.Concatenate(name="face_emb_probs")(
-        [face_model.get_layer("face_embedding").output, face_model.output]), name="face_branch")
+    # two outputs, not one concatenated tensor: int8 quantises a tensor with one scale, and a concat of the
+    # embedding (0..~5) with the probabilities (0..1) gave the face probabilities a 6x coarser step
+    f_both = keras.Model(face_model.input, [face_model.get_layer("face_embedding").output, face_model.output],
+                         name="face_branch")
     # the 5 faces go through the CNN as one batch of 5 (a reshape, not 5 unrolled copies of the CNN)
-    flat = L.Reshape((p.face_size, p.face_size, 1), name="faces_flat")(keras.ops.reshape(
-        faces, (-1, p.face_size, p.face_size, 1)))                              # (b * 5, 60, 60, 1)
-    fb = keras.ops.reshape(f_both(flat), (-1, n, f_both.output.shape[-1]))       # (b, 5, 128 + 8)
-    f_dim = fb.shape[-1] - p.num_classes
-    f_emb = fb[..., :f_dim]                                                       # (b, 5, 128)
-    f_probs = fb[..., f_dim:]                                                     # (b, 5, 8)
+    flat = keras.ops.reshape(faces, (-1, p.face_size, p.face_size, 1))            # (b * 5, 60, 60, 1)
+    f_emb_flat, f_probs_flat = f_both(flat)
+    f_emb = keras.ops.reshape(f_emb_flat, (-1, n, f_emb_flat.shape[-1]))          # (b, 5, 128)
+    f_probs = keras.ops.reshape(f_probs_flat, (-1, n, p.num_classes))             # (b, 5, 8)
     s_rep = L.RepeatVector(n, name="speech_repeat")(s_emb)                          # (b, 5, 128)
     h = L.Concatenate(name="fusion_concat")([s_rep, f_emb])
     dense, out = fusion_head.get_layer("fusion_dense"), fusion_head.get_layer("fused_probs")
     fused = out(dense(h))                                                         # (b, 5, 8)
-    outputs = {"fused": L.Identity(name="fused")(fused), "speech": L.Identity(name="speech")(s_probs),
-               "face": L.Identity(name="face")(f_probs)}
+    heads = {"fused": out, "speech": speech_head.get_layer("speech_probs"), "face": face_model.get_layer("face_probs")}
+    final = {k: L.Identity(name=k) for k in heads}
+    for k, c in (logit_floor or {}).items():
+        w, b = heads[k].get_weights()
+        heads[k].set_weights([w, b - np.float32(c)])
+        heads[k].activation = keras.activations.get("relu")
+        final[k] = L.Softmax(name=k)
+    outputs = {"fused": final["fused"](fused), "speech": final["speech"](s_probs), "face": final["face"](f_probs)}
     return keras.Model({"log_mel": lm, "faces": faces}, outputs, name=name)
+
+
+def shipped_parts(model) -> dict:
+    """The parts :func:`build_shipped_model` was given, read back from a built three-head model."""
+    import keras
+
+    from training.yamnet import LAYER_DEFS
+    trunk = model.get_layer("yamnet_activation_3")
+    norm = model.get_layer("a3_standardize").get_config()
+    speech = next((m for m in model.layers if hasattr(m, "layers") and
+                   any(x.name == "speech_bilstm" for x in m.layers)), None)
+    if speech is None:
+        raise ValueError(f"{model.name}: no speech head (a nested model with a layer 'speech_bilstm')")
+    fb = model.get_layer("face_branch")
+    face = keras.Model(fb.inputs[0], fb.get_layer("face_probs").output, name="face_cnn")
+    return {"trunk_weights": {ld.name: trunk.get_layer(ld.name).get_weights() for ld in LAYER_DEFS},
+            "speech_head": keras.Model(speech.inputs[0], speech.get_layer("speech_probs").output, name="speech_head"),
+            "feat_mean": np.asarray(norm["mean"], np.float32),
+            "feat_std": np.sqrt(np.asarray(norm["variance"], np.float32)),
+            "face_model": face, "fusion_head": model}
+
+
+def fold_standardization(parts: dict) -> dict:
+    """activation_3 / std folded into the trunk's last (depthwise, ReLU) layer: relu(z) / s = relu(z / s) for
+    s > 0, so its kernel and bias are divided per channel and the standardisation keeps only mean / std.
+    Exact in float. For int8 it matters: one activation scale serves all 64 channels, and dividing the
+    quantised activation_3 by a per-channel std (0.18 .. 1.7) amplified the rounding noise of the
+    low-variance channels (relative error 7% after the standardisation, 3.7% before it)."""
+    sd = np.maximum(np.asarray(parts["feat_std"], np.float64), 1e-6)
+    tw = dict(parts["trunk_weights"])
+    k, b = tw["layer3_depthwise_conv"]
+    tw["layer3_depthwise_conv"] = [(k / sd[None, None, :, None]).astype(np.float32), (b / sd).astype(np.float32)]
+    return parts | {"trunk_weights": tw, "feat_mean": (parts["feat_mean"] / sd).astype(np.float32),
+                    "feat_std": np.ones_like(parts["feat_std"], dtype=np.float32)}
+
+
+def rebuild_shipped(model, p: Params = Params(), batch_size: int | None = 1,
+                    logit_floor: dict[str, float] | None = None, fold_std: bool = False):
+    """``model`` rebuilt by the current :func:`build_shipped_model` on a copy of its layers: graph fixes reach
+    models saved before them. Equal in float to ``model`` unless ``logit_floor`` is given."""
+    import keras
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    parts = shipped_parts(copy)
+    if fold_std:
+        parts = fold_standardization(parts)
+    return build_shipped_model(**parts, p=p, batch_size=batch_size, name=model.name, logit_floor=logit_floor)
 
 
 # ------------------------------------------------------------------ label-paired triples
