@@ -39,8 +39,15 @@ def run(fold: int, data: Path, fer: Path, ship_dir: Path, n_cal: int = 200) -> d
     from edge.params import Params
     from edge.runtime import load_model
     from export import parity
-    from export.convert import FLOAT_NAME, INT8_NAME, calibration_arrays, representative_data, to_saved_model, \
-        to_tflite_float, to_tflite_int8
+    from export.convert import (
+        FLOAT_NAME,
+        INT8_NAME,
+        calibration_arrays,
+        representative_data,
+        to_saved_model,
+        to_tflite_float,
+        to_tflite_int8,
+    )
     from training.fer2013 import load_split
     from training.paths import cache_dir
     p = Params()
