@@ -40,3 +40,25 @@ def test_report_files(reduced_run, tmp_path):
     assert "Mean clip accuracy" in (tmp_path / "speech.md").read_text()
     cm = np.array(j["confusion"])
     assert cm.shape == (8, 8) and cm.sum() == 360
+
+
+def test_freq_warp_stretches_the_frequency_axis():
+    from training.speech import freq_warp
+
+    class Fixed:                                   # a generator that always draws the same factor
+        def __init__(self, a):
+            self.a = a
+
+        def uniform(self, lo, hi, n):
+            assert lo <= self.a <= hi
+            return np.full(n, self.a)
+    ramp = np.broadcast_to(np.arange(16, dtype=np.float32)[None, None, :, None], (3, 24, 16, 8)).copy()
+    np.testing.assert_allclose(freq_warp(ramp, 0.2, Fixed(1.0)), ramp, atol=1e-6)
+    up = freq_warp(ramp, 0.25, Fixed(1.25))        # stretched: bin f shows what was at f / 1.25
+    np.testing.assert_allclose(up[0, 0, :, 0], np.arange(16) / 1.25, atol=1e-5)
+    down = freq_warp(ramp, 0.25, Fixed(0.8))       # squeezed: the top bins repeat the edge
+    np.testing.assert_allclose(down[0, 0, :, 0], np.minimum(np.arange(16) / 0.8, 15), atol=1e-5)
+    x = np.random.default_rng(0).random((4, 24, 16, 8)).astype(np.float32)
+    assert freq_warp(x, 0.0, np.random.default_rng(0)) is x
+    y = freq_warp(x, 0.2, np.random.default_rng(1))
+    assert y.shape == x.shape and y.min() >= x.min() - 1e-6 and y.max() <= x.max() + 1e-6

@@ -36,6 +36,7 @@ class SpeechRecipe:
     mixup_alpha: float = 0.2             # 0 disables
     label_smoothing: float = 0.0
     noise_std: float = 0.1               # gaussian noise on standardized features
+    freq_warp: float = 0.0               # VTLP-like: activation_3's 16 frequency bins stretched by 1 +- this
     conv_filters: tuple[int, int] = (64, 64)
     lstm_units: int = 64
     attention_units: int = 64
@@ -189,6 +190,22 @@ def spec_augment(x: np.ndarray, r: SpeechRecipe, rng: np.random.Generator) -> np
     return x
 
 
+def freq_warp(x: np.ndarray, max_warp: float, rng: np.random.Generator) -> np.ndarray:
+    """Vocal-tract-length-style warp on (n, time, freq, channels) features: each sample's frequency axis
+    stretched by a random factor in [1 - max_warp, 1 + max_warp] around bin 0 (linear interpolation, edge bin
+    repeated). A proxy for VTLP applied after the frozen trunk, where the features are cached."""
+    if max_warp <= 0:
+        return x
+    n, nf = len(x), x.shape[2]
+    alpha = rng.uniform(1 - max_warp, 1 + max_warp, n)
+    src = np.clip(np.arange(nf)[None, :] / alpha[:, None], 0, nf - 1)          # (n, nf) source positions
+    lo = np.floor(src).astype(np.int64)
+    hi = np.minimum(lo + 1, nf - 1)
+    frac = (src - lo).astype(x.dtype)[:, None, :, None]
+    take = np.take_along_axis
+    return (1 - frac) * take(x, lo[:, None, :, None], axis=2) + frac * take(x, hi[:, None, :, None], axis=2)
+
+
 def mixup(arrays: list[np.ndarray], y: np.ndarray, alpha: float, rng: np.random.Generator):
     """Mix every input array and the one-hot labels with the same partner and weight per sample."""
     if alpha <= 0:
@@ -251,6 +268,7 @@ def make_epoch(ps: PatchSet, train_clips: np.ndarray, labels: np.ndarray, std: S
     rows = np.concatenate(rows)
     rng.shuffle(rows)
     x = std.apply(ps.x[rows], clip_actor[ps.clip[rows]])
+    x = freq_warp(x, r.freq_warp, rng)
     if r.noise_std:
         x += rng.normal(0, r.noise_std, x.shape).astype(np.float32)
     x = spec_augment(x, r, rng)
