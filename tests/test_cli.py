@@ -42,3 +42,17 @@ def test_prequant_report_help_and_missing_folds(tmp_path):
     r = subprocess.run([sys.executable, "-m", "export.prequant_report", "--ship-dir", str(tmp_path)], cwd=REPO,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "fold0.keras" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_face_widths_flag():
+    from training.face import FaceRecipe
+    from training.face_cli import paper_layout
+    assert paper_layout("20,40,40,80,80,160") == FaceRecipe().layers
+    r = run("face", "--widths", "16,32")
+    assert r.returncode == 2 and "six positive integers" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bench_face_archs_help():
+    r = subprocess.run([sys.executable, "-m", "export.bench_face_archs", "--help"], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and "face_arch_bench.json" in r.stdout

@@ -51,12 +51,27 @@ def add_face_parser(subparsers) -> argparse.ArgumentParser:
                    help="continue from the last checkpoint of the same recipe if there is one (default)")
     g.add_argument("--fresh", dest="resume", action="store_false",
                    help="delete this recipe's checkpoints and start again")
+    fp.add_argument("--widths", type=paper_layout, help="the six conv widths of the paper's layout (conv, pool, conv, conv, pool, conv, "
+                                     "conv, pool, conv), comma-separated, e.g. 16,32,32,64,64,128 (default: "
+                                     "20,40,40,80,80,160); another width is another run directory")
     fp.add_argument("--quiet", action="store_true", help="no progress bars")
     fp.add_argument("--report-now", action="store_true",
                     help="do not train: write the reports from the run's best checkpoint so far (marked partial "
                          "when fewer epochs than planned are done); safe while the training runs")
     fp.set_defaults(func=cmd_face)
     return fp
+
+
+def paper_layout(widths: str) -> tuple[tuple[str, int], ...]:
+    """'16,32,32,64,64,128' -> the paper's 6 conv + 3 max-pool layout with these conv widths."""
+    try:
+        w = [int(x) for x in widths.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{widths!r}: expected six comma-separated integers") from None
+    if len(w) != 6 or min(w) < 1:
+        raise argparse.ArgumentTypeError(f"{widths!r}: expected six positive integers (the paper's 6 conv layers)")
+    return (("conv", w[0]), ("pool", 2), ("conv", w[1]), ("conv", w[2]), ("pool", 2), ("conv", w[3]),
+            ("conv", w[4]), ("pool", 2), ("conv", w[5]))
 
 
 def cmd_face(args: argparse.Namespace) -> int:
@@ -68,6 +83,8 @@ def cmd_face(args: argparse.Namespace) -> int:
     recipe = QUICK if args.quick else FaceRecipe()
     if args.epochs:
         recipe = recipe.replace(epochs=args.epochs)
+    if args.widths:
+        recipe = recipe.replace(layers=args.widths)
     out = Path(args.out) if args.out else (cache_dir() / "face" / "quick_reports" if args.quick else reports_dir())
     argv = getattr(args, "argv", None)
     command = "edge-train " + " ".join(argv if argv is not None else sys.argv[1:])

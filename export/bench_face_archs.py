@@ -1,0 +1,105 @@
+"""How fast each face-CNN width runs in int8 vs compiled Keras float, 1 thread (random weights).
+
+    python -m export.bench_face_archs [--widths 20,40,40,80,80,160 --widths 16,32,32,64,64,128 ...]
+        -> reports/face_arch_bench.json
+
+The face CNN on the paper's 5 faces is most of a fused decision (225 of 250 M MACs in the shipped
+graph), so its int8 / float ratio sets edge-bench's speedup. XNNPACK's int8 kernels favour channel
+counts that are multiples of 16. Latency does not depend on the trained values, so untrained
+weights are enough to choose a width before spending a FER2013 training run on it. All rows come
+from one process, one after another.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WIDTHS = ("20,40,40,80,80,160", "16,32,32,64,64,128", "24,48,48,96,96,192", "32,64,64,128,128,256")
+
+
+def _p50(fn, runs: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return 1e3 * float(np.median(ts))
+
+
+def measure(widths: str, runs: int, p) -> dict:
+    import keras
+    import tensorflow as tf
+
+    from edge.runtime.litert import interpreter_class
+    from export.bench import graph_macs
+    from training.face import FaceRecipe, build_face_model
+    from training.face_cli import paper_layout
+    keras.utils.set_random_seed(0)
+    n = p.faces_per_patch
+    face = build_face_model(FaceRecipe().replace(layers=paper_layout(widths)), p)
+    x_in = keras.Input((p.face_size, p.face_size, 1), batch_size=n)
+    model = keras.Model(x_in, face(x_in))
+    rng = np.random.default_rng(0)
+    x = rng.random((n, p.face_size, p.face_size, 1)).astype(np.float32)
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([rng.random(x.shape).astype(np.float32)] for _ in range(8))
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = conv.inference_output_type = tf.int8
+    with tempfile.TemporaryDirectory() as tmp:
+        f = Path(tmp) / "face.tflite"
+        f.write_bytes(conv.convert())
+        it = interpreter_class()(str(f), num_threads=1)
+        it.allocate_tensors()
+        d = it.get_input_details()[0]
+        it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+        int8_ms = _p50(it.invoke, runs, 20)
+        macs = graph_macs(f)
+    fn = tf.function(lambda a: model(a, training=False))
+    keras_ms = _p50(lambda: fn(x).numpy(), max(runs // 2, 20), 10)
+    return {"widths": [int(v) for v in widths.split(",")], "params": int(face.count_params()),
+            "macs_5_faces": int(macs), "int8_ms_p50": int8_ms, "keras_compiled_ms_p50": keras_ms,
+            "ratio": keras_ms / int8_ms}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from training.cli import run_command
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--widths", action="append", help="six conv widths, comma-separated (repeatable; default: "
+                                                      + "; ".join(DEFAULT_WIDTHS) + ")")
+    ap.add_argument("--runs", type=int, default=300, help="timed runs per row (default 300)")
+    ap.add_argument("--out", help="reports folder (default: <repo>/reports)")
+
+    def cmd(args) -> int:
+        import tensorflow as tf
+
+        from edge.params import Params
+        from training.paths import reports_dir
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        from export.bench import machine_info
+        rows = [measure(w, args.runs, Params()) for w in (args.widths or DEFAULT_WIDTHS)]
+        for r in rows:
+            log.info("%s: %d params, int8 %.2f ms, Keras %.2f ms, %.2fx", r["widths"], r["params"],
+                     r["int8_ms_p50"], r["keras_compiled_ms_p50"], r["ratio"])
+        out = Path(args.out) if args.out else reports_dir()
+        out.mkdir(parents=True, exist_ok=True)
+        res = {"command": "python -m export.bench_face_archs " + " ".join(args.argv), "threads": 1,
+               "faces": Params().faces_per_patch, "machine": machine_info(), "rows": rows}
+        (out / "face_arch_bench.json").write_text(json.dumps(res, indent=2) + "\n")
+        return 0
+    return run_command("bench_face_archs", ap, argv, (FileNotFoundError,), cmd)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
