@@ -15,7 +15,6 @@ import argparse
 import json
 import logging
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,23 +24,12 @@ log = logging.getLogger(__name__)
 DEFAULT_WIDTHS = ("20,40,40,80,80,160", "16,32,32,64,64,128", "24,48,48,96,96,192", "32,64,64,128,128,256")
 
 
-def _p50(fn, runs: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return 1e3 * float(np.median(ts))
-
-
 def measure(widths: str, runs: int, p) -> dict:
     import keras
     import tensorflow as tf
 
     from edge.runtime.litert import interpreter_class
-    from export.bench import graph_macs
+    from export.bench import graph_macs, timeit
     from training.face import FaceRecipe, build_face_model
     from training.face_cli import paper_layout
     keras.utils.set_random_seed(0)
@@ -63,10 +51,10 @@ def measure(widths: str, runs: int, p) -> dict:
         it.allocate_tensors()
         d = it.get_input_details()[0]
         it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
-        int8_ms = _p50(it.invoke, runs, 20)
+        int8_ms = timeit(it.invoke, runs, 20)["p50"]
         macs = graph_macs(f)
     fn = tf.function(lambda a: model(a, training=False))
-    keras_ms = _p50(lambda: fn(x).numpy(), max(runs // 2, 20), 10)
+    keras_ms = timeit(lambda: fn(x).numpy(), max(runs // 2, 20), 10)["p50"]
     return {"widths": [int(v) for v in widths.split(",")], "params": int(face.count_params()),
             "macs_5_faces": int(macs), "int8_ms_p50": int8_ms, "keras_compiled_ms_p50": keras_ms,
             "ratio": keras_ms / int8_ms}
