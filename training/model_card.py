@@ -80,17 +80,16 @@ def render() -> str:
                  f"`{au.get('command', 'edge-train fusion-au')}` |")
     if ex and "accuracy" in ex:
         a = ex["accuracy"]
+
+        def heads(b: str) -> str:          # speech clip / fused clip / FER val face of one backend
+            return " / ".join(pct(a[b][k]) for k in ("speech_clip", "fused_clip", "face_fer_val"))
         where = "each fold's graph on its CV test actors" if "cv" in ex else "the release graph on held-out actors"
         L.append(f"| int8 vs Keras float, {where} (speech clip / fused clip / FER val face) | int8 "
-                 f"{pct(a['tflite_int8']['speech_clip'])} / "
-                 f"{pct(a['tflite_int8']['fused_clip'])} / {pct(a['tflite_int8']['face_fer_val'])}; float "
-                 f"{pct(a['keras_float']['speech_clip'])} / {pct(a['keras_float']['fused_clip'])} / "
-                 f"{pct(a['keras_float']['face_fer_val'])}; drop {ex['int8_accuracy_drop_points']:.2f} points, "
-                 f"top-1 agreement {pct(ex['top1_agreement'])} | `{ex.get('command', 'edge-export')}` |")
+                 f"{heads('tflite_int8')}; float {heads('keras_float')}; drop {ex['int8_accuracy_drop_points']:.2f} "
+                 f"points, top-1 agreement {pct(ex['top1_agreement'])} | `{ex.get('command', 'edge-export')}` |")
         if "keras_trained" in a:
             L.append(f"| trained model before the export's graph steps (speech clip / fused clip / FER val face) | "
-                     f"{pct(a['keras_trained']['speech_clip'])} / {pct(a['keras_trained']['fused_clip'])} / "
-                     f"{pct(a['keras_trained']['face_fer_val'])} | `{ex.get('command', 'edge-export')}` |")
+                     f"{heads('keras_trained')} | `{ex.get('command', 'edge-export')}` |")
     if er:
         L.append(f"| CREMA-D clips through `edge-run --video` (clip vote) | {er['cremad_correct']} correct | "
                  f"`{er['command']}` |")
