@@ -118,7 +118,10 @@ def cv_parity(folds_dir: Path, work: Path, cal, fer_train, data: Path, fer: Path
     acc = {b: {k: float(np.average([v for v, _ in xs], weights=[w for _, w in xs])) for k, xs in a.items()}
            for b, a in total.items()}
     ref = acc["keras_float"]
-    agree_w = [fd["n_patches"] * 6 + fd["n_faces"] for fd in per_fold]       # predictions per fold
+    # predictions per fold and head: speech patches, fused triples, FER faces
+    counts = [{"speech": fd["n_patches"], "fused": fd["n_patches"] * p.faces_per_patch, "face": fd["n_faces"]}
+              for fd in per_fold]
+    agree_w = [sum(c.values()) for c in counts]
     return {"protocol": "speech CV test folds: each fold's graph (trained without its 6 test actors, int8 calibrated on "
                         "its training actors) on its test actors with label-paired FER2013 validation faces (every "
                         "RAVDESS clip once); face head on all FER2013 validation faces",
@@ -126,9 +129,8 @@ def cv_parity(folds_dir: Path, work: Path, cal, fer_train, data: Path, fer: Path
             "int8_accuracy_drop_points": float(max(100 * (ref[k] - acc["tflite_int8"][k]) for k in ref)),
             "top1_agreement": float(np.average([fd["top1_agreement"] for fd in per_fold], weights=agree_w)),
             "top1_agreement_by_head": {k: float(np.average([fd["top1_agreement_by_head"][k] for fd in per_fold],
-                                                           weights=[fd["n_patches"] * n + (fd["n_faces"] if k == "face"
-                                                                                            else 0) for fd in per_fold]))
-                                       for k, n in (("speech", 1), ("fused", 5), ("face", 0))},
+                                                           weights=[c[k] for c in counts]))
+                                       for k in ("speech", "fused", "face")},
             "top1_agreement_vs_keras": {b: float(np.average([fd["top1_agreement_vs_keras"][b] for fd in per_fold],
                                                             weights=agree_w)) for b in acc},
             "max_abs_diff_vs_keras": {b: float(max(fd["max_abs_diff_vs_keras"][b] for fd in per_fold)) for b in acc}}

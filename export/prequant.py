@@ -149,6 +149,23 @@ def logit_floors(model, log_mel: np.ndarray, faces: np.ndarray) -> dict[str, flo
 
 # ------------------------------------------------------------------ both graphs
 
+STEPS = ("trained model as saved", "+ standardisation folded into the trunk", "+ logits floored",
+         "+ int8 biases corrected for weight rounding")
+
+
+def graph_steps(model, log_mel: np.ndarray, faces: np.ndarray, p: Params = Params()) -> tuple[list, dict]:
+    """Each cumulative step of STEPS as (name, float graph, int8 graph), and what the steps chose
+    ({"logit_floor", "bias_correction"}). The last step is what ``edge-export`` converts."""
+    from training.ship import rebuild_shipped
+    folded = rebuild_shipped(model, p, batch_size=None, fold_std=True)
+    floors = logit_floors(folded, log_mel, faces)
+    device = rebuild_shipped(model, p, batch_size=None, fold_std=True, logit_floor=floors)
+    twin, bc = bias_corrected(device, log_mel, faces)
+    graphs = [(model, model), (folded, folded), (device, device), (device, twin)]
+    return [(name, f, q) for name, (f, q) in zip(STEPS, graphs, strict=True)], {"logit_floor": floors,
+                                                                                "bias_correction": bc}
+
+
 def device_graphs(model, log_mel: np.ndarray, faces: np.ndarray, p: Params = Params()) -> tuple[object, object, dict]:
     """(device graph, its int8 twin, report) for the trained three-head ``model``.
 
@@ -156,11 +173,8 @@ def device_graphs(model, log_mel: np.ndarray, faces: np.ndarray, p: Params = Par
     converter sees. The device graph is what the float TFLite and ONNX files hold and what parity compares
     against; the int8 twin differs from it only in the bias correction.
     """
-    from training.ship import rebuild_shipped
-    folded = rebuild_shipped(model, p, batch_size=None, fold_std=True)
-    floors = logit_floors(folded, log_mel, faces)
-    device = rebuild_shipped(model, p, batch_size=None, fold_std=True, logit_floor=floors)
-    twin, bc = bias_corrected(device, log_mel, faces)
+    steps, chosen = graph_steps(model, log_mel, faces, p)
+    _, device, twin = steps[-1]
     ref, got = _predict(model, log_mel, faces), _predict(device, log_mel, faces)
     for k in HEADS:        # a changed argmax is only acceptable on a float tie (different rounding order)
         r = ref[k].reshape(-1, ref[k].shape[-1])
@@ -168,10 +182,8 @@ def device_graphs(model, log_mel: np.ndarray, faces: np.ndarray, p: Params = Par
         top2 = np.sort(r, axis=-1)[:, -2:]
         if np.any(moved & (top2[:, 1] - top2[:, 0] > 1e-4)):
             raise RuntimeError(f"the device graph changed {int(moved.sum())} calibration argmax of the {k} head")
-    report = {"logit_floor": floors, "bias_correction": bc,
-              "steps": ["activation_3 standardisation folded into the trunk (exact)",
-                        "head logits floored at the lowest calibration maximum",
-                        "int8 twin: biases corrected for the int8 weight rounding"]}
-    log.info("device graph: logit floors %s; bias shifts %s", {k: round(v, 2) for k, v in floors.items()},
-             {k: round(v, 4) for k, v in bc["mean_abs_shift"].items()})
+    report = {**chosen, "steps": list(STEPS[1:])}
+    log.info("device graph: logit floors %s; bias shifts %s",
+             {k: round(v, 2) for k, v in chosen["logit_floor"].items()},
+             {k: round(v, 4) for k, v in chosen["bias_correction"]["mean_abs_shift"].items()})
     return device, twin, report

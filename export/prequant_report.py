@@ -20,19 +20,6 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-def variants(trained, log_mel: np.ndarray, faces: np.ndarray, p):
-    """(name, float graph, int8 graph) for each cumulative step."""
-    from export.prequant import bias_corrected, logit_floors
-    from training.ship import rebuild_shipped
-    folded = rebuild_shipped(trained, p, batch_size=None, fold_std=True)
-    floored = rebuild_shipped(trained, p, batch_size=None, fold_std=True,
-                              logit_floor=logit_floors(folded, log_mel, faces))
-    yield "trained model as saved", trained, trained
-    yield "+ standardisation folded into the trunk", folded, folded
-    yield "+ logits floored", floored, floored
-    yield "+ int8 biases corrected for weight rounding", floored, bias_corrected(floored, log_mel, faces)[0]
-
-
 def run(fold: int, data: Path, fer: Path, ship_dir: Path, n_cal: int = 200) -> dict:
     import keras
 
@@ -48,6 +35,7 @@ def run(fold: int, data: Path, fer: Path, ship_dir: Path, n_cal: int = 200) -> d
         to_tflite_float,
         to_tflite_int8,
     )
+    from export.prequant import graph_steps
     from training.fer2013 import load_split
     from training.paths import cache_dir
     p = Params()
@@ -64,7 +52,7 @@ def run(fold: int, data: Path, fer: Path, ship_dir: Path, n_cal: int = 200) -> d
     d = parity.heldout_data(data, fer, test, p, cache_dir())
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, fgraph, qgraph in variants(trained, lm, fa, p):
+        for name, fgraph, qgraph in graph_steps(trained, lm, fa, p)[0]:
             t = time.time()
             w = Path(tmp) / str(len(rows))
             to_tflite_float(to_saved_model(fgraph, w / "sm", p), w / FLOAT_NAME)
