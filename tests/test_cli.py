@@ -56,3 +56,13 @@ def test_bench_face_archs_help():
     r = subprocess.run([sys.executable, "-m", "export.bench_face_archs", "--help"], cwd=REPO, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0 and "face_arch_bench.json" in r.stdout
+
+
+def test_face_sweep_help_and_unknown_run(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "training.face_sweep", "--help"], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and "pack" in r.stdout and "report" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "training.face_sweep", "run", "--runs", "w99", "--packed",
+                        str(tmp_path / "x.npz"), "--out", str(tmp_path)], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2 and "unknown runs ['w99']" in r.stderr

@@ -36,6 +36,13 @@ def results_table() -> str:
         partial = "" if f.get("complete", True) else f"; **partial: {f['epochs']} of {f['planned_epochs']} epochs**"
         rows.append(f"| face CNN, FER2013 validation | {100 * f['val_accuracy']:.2f}% | 67.85% (RAVDESS video) | "
                     f"{f['params']:,} params, 7 FER classes{partial} ([face.md](reports/face.md)) |")
+    sw = _load("face_sweep.json")
+    if sw:
+        b = max(sw["runs"], key=lambda r: r["best_val"])
+        rows.append(f"| face CNN sweep, best of {len(sw['runs'])} runs (exploration, GPU) | {100 * b['best_val']:.2f}% "
+                    f"({100 * b['best_val_tta']:.2f}% flip TTA) | – | widths {b['widths']}, {b['params']:,} params, "
+                    f"{b['epochs_run']} epochs; same recipe as the face CNN, not a 2-core run "
+                    f"([face_sweep.md](reports/face_sweep.md)) |")
     fd = _load("face_detection_bench.json")
     if fd and "speedup_vs_package" in fd:
         e = fd["speed"]["640x360"]["edge"]
