@@ -107,6 +107,10 @@ def test_cli_parser():
     a = ap.parse_args(["face", "--quick", "--epochs", "2", "--fresh"])
     assert a.func is cmd_face and a.quick and a.epochs == 2 and a.resume is False
     assert ap.parse_args(["face"]).resume is True
+    assert ap.parse_args(["face"]).seed is None and ap.parse_args(["face", "--seed", "1"]).seed == 1
+    from training.face import FaceRecipe
+    r = FaceRecipe()         # another seed is another run directory; more epochs continue the same one
+    assert r.replace(seed=1).key() != r.key() and r.replace(epochs=90).key() == r.key()
     with pytest.raises(SystemExit):
         ap.parse_args(["face", "--resume", "--fresh"])
 

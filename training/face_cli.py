@@ -54,6 +54,9 @@ def add_face_parser(subparsers) -> argparse.ArgumentParser:
     fp.add_argument("--widths", type=paper_layout, help="the six conv widths of the paper's layout (conv, pool, conv, conv, pool, conv, "
                                      "conv, pool, conv), comma-separated, e.g. 16,32,32,64,64,128 (default: "
                                      "20,40,40,80,80,160); another width is another run directory")
+    fp.add_argument("--seed", type=int, help="initialisation, shuffling and augmentation seed (default: 0); another "
+                                             "seed is another run directory, so a longer schedule can start fresh "
+                                             "instead of continuing a finished run")
     fp.add_argument("--quiet", action="store_true", help="no progress bars")
     fp.add_argument("--report-now", action="store_true",
                     help="do not train: write the reports from the run's best checkpoint so far (marked partial "
@@ -85,6 +88,8 @@ def cmd_face(args: argparse.Namespace) -> int:
         recipe = recipe.replace(epochs=args.epochs)
     if args.widths:
         recipe = recipe.replace(layers=args.widths)
+    if args.seed is not None:
+        recipe = recipe.replace(seed=args.seed)
     out = Path(args.out) if args.out else (cache_dir() / "face" / "quick_reports" if args.quick else reports_dir())
     argv = getattr(args, "argv", None)
     command = "edge-train " + " ".join(argv if argv is not None else sys.argv[1:])
