@@ -66,3 +66,12 @@ def test_face_sweep_help_and_unknown_run(tmp_path):
                         str(tmp_path / "x.npz"), "--out", str(tmp_path)], cwd=REPO, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 2 and "unknown runs ['w99']" in r.stderr
+
+
+def test_rewrites_help_and_missing_ship_dir(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "export.rewrites", "--help"], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and "graph_rewrites.json" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "export.rewrites", "--ship-dir", str(tmp_path), "--out", str(tmp_path)],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "shipped.keras not found" in r.stderr and "Traceback" not in r.stderr

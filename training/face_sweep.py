@@ -241,8 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     rp = sub.add_parser("report", help="sweep outputs -> face_sweep.json + face_sweep.md")
     rp.add_argument("runs", nargs="+", help="output folders (or fer_sweep.json files) of `run`, in call order")
     rp.add_argument("--out", default=str(reports_dir()), help="reports folder (default: %(default)s)")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from training.cli import run_command
+    return run_command("training.face_sweep", ap, argv, (FileNotFoundError, ValueError), lambda args: _cmd(ap, args))
+
+
+def _cmd(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.cmd == "pack":
         pack(Path(args.fer), Path(args.out), args.train_quality)
     elif args.cmd == "one":

@@ -1,0 +1,254 @@
+"""Exact graph rewrites for the device graph, and what each buys in int8 (size, latency).
+
+    python -m export.rewrites --ship-dir ~/.cache/av-emotion-edge/ship   # -> reports/graph_rewrites.json
+
+Two rewrites, each equal to the original in float (to rounding) and each keeping the int8 weights the
+converter would store:
+
+- ``batched_bilstm``: Keras' ``LSTM(unroll=True)`` computes ``x_t @ W`` inside every unrolled step
+  (one FULLY_CONNECTED, one RESHAPE and one ADD per step and direction). Here the input projection
+  ``x @ W + b`` of all steps is one FULLY_CONNECTED before the loop; each step keeps only ``h @ U``.
+- ``face_stem_s2d``: the face CNN's first block, conv3x3 (1 -> f) + BatchNorm + ReLU + max-pool 2x2 on
+  60x60, becomes space-to-depth (60x60x1 -> 30x30x4), one conv3x3 (4 -> 4f, BatchNorm folded) + ReLU and
+  a max over the four f-channel groups (the four pixels of each pooling window). A 1-channel conv uses
+  9 MACs per output; XNNPACK runs it far below its int8 rate, the 4-channel form much closer to it.
+
+Not yet part of ``edge-export``'s device graph (export/prequant.py): this module measures them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+REPORT_JSON = "graph_rewrites.json"
+
+
+def _unrolled_bilstm_layer():
+    from keras import layers as L
+    from keras import ops
+
+    class UnrolledBiLSTM(L.Layer):
+        """Bidirectional LSTM (Keras gate order i, f, c, o; sigmoid / tanh), unrolled, zero initial state,
+        sequences out (forward and backward concatenated, as ``Bidirectional(..., merge_mode="concat")``)."""
+
+        def __init__(self, units: int, **kw):
+            super().__init__(**kw)
+            self.units = units
+
+        def build(self, shape):
+            d, u = shape[-1], self.units
+            for k, s in (("f_kernel", (d, 4 * u)), ("f_recurrent", (u, 4 * u)), ("f_bias", (4 * u,)),
+                         ("b_kernel", (d, 4 * u)), ("b_recurrent", (u, 4 * u)), ("b_bias", (4 * u,))):
+                setattr(self, k, self.add_weight(shape=s, name=k, initializer="zeros"))
+
+        def _direction(self, xw, recurrent, steps):
+            h = c = None
+            out = {}
+            xs = ops.unstack(xw, axis=1)
+            for t in steps:
+                z = xs[t] if h is None else xs[t] + ops.matmul(h, recurrent)
+                i, f, g, o = ops.split(z, 4, axis=-1)
+                i, f, g, o = ops.sigmoid(i), ops.sigmoid(f), ops.tanh(g), ops.sigmoid(o)
+                c = i * g if c is None else f * c + i * g
+                h = o * ops.tanh(c)
+                out[t] = h
+            return ops.stack([out[t] for t in sorted(out)], axis=1)
+
+        def call(self, x, mask=None, training=None, initial_state=None):
+            if mask is not None or initial_state is not None:
+                raise ValueError("UnrolledBiLSTM supports neither masks nor an initial state")
+            n, d = x.shape[1], x.shape[2]
+            flat = ops.reshape(x, (-1, d))           # (b * T, d): one FULLY_CONNECTED, not BATCH_MATMUL
+            xf = ops.reshape(ops.matmul(flat, self.f_kernel) + self.f_bias, (-1, n, 4 * self.units))
+            xb = ops.reshape(ops.matmul(flat, self.b_kernel) + self.b_bias, (-1, n, 4 * self.units))
+            return ops.concatenate([self._direction(xf, self.f_recurrent, range(n)),
+                                    self._direction(xb, self.b_recurrent, range(n - 1, -1, -1))], axis=-1)
+
+    return UnrolledBiLSTM
+
+
+def batched_bilstm(head, layer: str = "speech_bilstm"):
+    """``head`` (a functional model with a ``Bidirectional(LSTM(unroll=True))`` named ``layer``) with that
+    layer replaced by one whose input projection is batched over the steps. Same weights."""
+    import keras
+    bl = head.get_layer(layer)
+    fw, bw = bl.forward_layer, bl.backward_layer
+    if bl.merge_mode != "concat" or not fw.return_sequences or not bw.go_backwards:
+        raise ValueError(f"{layer}: expected Bidirectional(LSTM(return_sequences=True)) with merge_mode='concat'")
+    new = _unrolled_bilstm_layer()(fw.units, name=layer)
+
+    def clone(lay):
+        return new if lay is bl else lay.__class__.from_config(lay.get_config())
+
+    out = keras.models.clone_model(head, clone_function=clone)
+    for src in head.layers:
+        if src is not bl:
+            out.get_layer(src.name).set_weights(src.get_weights())
+    new.set_weights([*fw.cell.get_weights(), *bw.cell.get_weights()])
+    return out
+
+
+def face_stem_s2d(face, conv: str = "face_conv1", bn: str = "face_bn1", pool: str = "face_pool1"):
+    """The face CNN with its first conv + BatchNorm + ReLU + 2x2 max-pool as space-to-depth, conv3x3 (4 -> 4f)
+    and a max over four channel groups. Every later layer is reused as it is."""
+    import keras
+    from keras import layers as L
+    k = face.get_layer(conv).get_weights()[0]                               # (3, 3, 1, f)
+    if k.shape[:3] != (3, 3, 1) or face.get_layer(conv).use_bias:
+        raise ValueError(f"{conv}: expected a bias-free 3x3 conv on one channel, got kernel {k.shape}")
+    b = face.get_layer(bn)
+    gamma, beta, mean, var = b.get_weights()
+    s = gamma / np.sqrt(var + b.epsilon)
+    f = k.shape[-1]
+    # output pixel (2i + a, 2j + c) of filter f reads input rows 2i + a + dy - 1, i.e. block row i + di with
+    # sub-row a2 where 2 di + a2 = a + dy - 1: the 3x3 kernel tap (dy, dx) lands at block offset (di, dj),
+    # input channel 2 a2 + c2, output channel (2 a + c) f + f
+    k3 = np.zeros((3, 3, 4, 4 * f), np.float32)
+    for a in range(2):
+        for c in range(2):
+            for dy in range(3):
+                for dx in range(3):
+                    di, a2 = divmod(a + dy - 1, 2)
+                    dj, c2 = divmod(c + dx - 1, 2)
+                    k3[di + 1, dj + 1, 2 * a2 + c2, (2 * a + c) * f:(2 * a + c + 1) * f] = k[dy, dx, 0] * s
+    bias = np.tile(beta - mean * s, 4).astype(np.float32)
+    n = face.input.shape[1]
+    if n % 2:
+        raise ValueError(f"face input {n}x{n}: space-to-depth needs an even size")
+    h = n // 2
+    x_in = keras.Input(face.input.shape[1:], name=face.input.name if hasattr(face.input, "name") else "face")
+    x = L.Reshape((h, 2, h, 2), name="face_s2d_split")(x_in)
+    x = L.Permute((1, 3, 2, 4), name="face_s2d_permute")(x)
+    x = L.Reshape((h, h, 4), name="face_s2d")(x)
+    stem = L.Conv2D(4 * f, 3, padding="same", name="face_stem_conv")
+    x = L.ReLU(name="face_stem_relu")(stem(x))
+    x = L.Reshape((h * h, 4, f), name="face_stem_groups")(x)
+    x = L.MaxPooling2D((1, 4), name="face_stem_max")(x)
+    x = L.Reshape((h, h, f), name="face_stem_out")(x)
+    names = [lay.name for lay in face.layers]
+    for lay in face.layers[names.index(pool) + 1:]:
+        x = lay(x)
+    out = keras.Model(x_in, x, name=face.name)
+    stem.set_weights([k3, bias])
+    return out
+
+
+# ------------------------------------------------------------------ measurement
+
+def _int8(model, shape: tuple[int, ...], rng: np.random.Generator, scale: float = 1.0) -> bytes:
+    import tensorflow as tf
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([scale * rng.random(shape).astype(np.float32)] for _ in range(32))
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = conv.inference_output_type = tf.int8
+    return conv.convert()
+
+
+def _float(model) -> bytes:
+    import tensorflow as tf
+    return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+
+
+def _fixed(model, shape: tuple[int, ...]):
+    import keras
+    x = keras.Input(shape[1:], batch_size=shape[0])
+    return keras.Model(x, model(x))
+
+
+def _latency_ms(buf: bytes, runs: int) -> dict:
+    from ai_edge_litert.interpreter import Interpreter
+
+    from export.bench import timeit
+    it = Interpreter(model_content=buf, num_threads=1)
+    it.allocate_tensors()
+    d = it.get_input_details()[0]
+    it.set_tensor(d["index"], np.random.default_rng(0).integers(-128, 128, d["shape"]).astype(np.int8))
+    return timeit(it.invoke, runs, max(runs // 10, 5))
+
+
+def _ops(buf: bytes) -> int:
+    from ai_edge_litert.interpreter import Interpreter
+    return len(Interpreter(model_content=buf)._get_ops_details())
+
+
+def compare(name: str, original, rewritten, shape: tuple[int, ...], runs: int, rng, scale: float = 1.0) -> dict:
+    """Float max |diff| on random inputs; int8 and float TFLite bytes, op counts and 1-thread latency."""
+    x = scale * rng.random((4,) + shape[1:]).astype(np.float32)
+    diff = float(np.abs(original.predict(x, verbose=0) - rewritten.predict(x, verbose=0)).max())
+    a, b = _fixed(original, shape), _fixed(rewritten, shape)
+    q = {k: _int8(m, shape, np.random.default_rng(1), scale) for k, m in (("original", a), ("rewritten", b))}
+    fl = {k: len(_float(m)) for k, m in (("original", a), ("rewritten", b))}
+    lat = {k: [] for k in q}
+    for _ in range(3):                   # interleaved: both see the same machine state
+        for k in q:
+            lat[k].append(_latency_ms(q[k], runs)["p50"])
+    row = {"rewrite": name, "input": list(shape), "float_max_abs_diff": diff,
+           "int8_bytes": {k: len(v) for k, v in q.items()}, "float_bytes": fl,
+           "int8_ops": {k: _ops(v) for k, v in q.items()},
+           "int8_p50_ms": {k: float(np.median(v)) for k, v in lat.items()}, "int8_p50_ms_runs": lat}
+    row["int8_ms_saved"] = row["int8_p50_ms"]["original"] - row["int8_p50_ms"]["rewritten"]
+    row["int8_bytes_saved"] = row["int8_bytes"]["original"] - row["int8_bytes"]["rewritten"]
+    row["float_bytes_saved"] = fl["original"] - fl["rewritten"]
+    log.info("%s: float max diff %.1e, int8 %d -> %d B, %.3f -> %.3f ms", name, diff, *row["int8_bytes"].values(),
+             *row["int8_p50_ms"].values())
+    return row
+
+
+def run(ship_dir: Path, runs: int, p=None) -> dict:
+    import keras
+
+    from edge.params import Params
+    from export.bench import machine_info
+    from training.ship import shipped_parts
+    p = p or Params()
+    model_f = ship_dir / "shipped.keras"
+    if not model_f.is_file():
+        raise FileNotFoundError(f"{model_f} not found: run `edge-train ship` first")
+    parts = shipped_parts(keras.saving.load_model(model_f, compile=False))
+    rng = np.random.default_rng(0)
+    head, face = parts["speech_head"], parts["face_model"]
+    rows = [compare("batched_bilstm (speech head)", head, batched_bilstm(head), (1,) + tuple(head.input.shape[1:]),
+                    runs, rng, scale=2.0),
+            compare(f"face_stem_s2d (face CNN, {p.faces_per_patch} faces)", face, face_stem_s2d(face),
+                    (p.faces_per_patch, p.face_size, p.face_size, 1), runs, rng)]
+    return {"model": str(model_f), "runs": runs, "threads": 1, "machine": machine_info(), "rows": rows,
+            "note": "trained weights; random inputs (latency does not depend on values); each latency the "
+                    "median of 3 interleaved p50s"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from training.cli import run_command
+    from training.paths import cache_dir, reports_dir
+    ap = argparse.ArgumentParser(prog="python -m export.rewrites", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ship-dir", default=str(cache_dir() / "ship"), help="edge-train ship output (default: %(default)s)")
+    ap.add_argument("--runs", type=int, default=500, help="timed invocations per p50 (default: %(default)s)")
+    ap.add_argument("--out", default=str(reports_dir()), help=f"folder for {REPORT_JSON} (default: %(default)s)")
+
+    def cmd(args) -> int:
+        t = time.time()
+        res = run(Path(args.ship_dir), args.runs)
+        res["command"] = "python -m export.rewrites " + " ".join(args.argv)
+        res["seconds"] = time.time() - t
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / REPORT_JSON).write_text(json.dumps(res, indent=1) + "\n")
+        for r in res["rows"]:
+            print(f"{r['rewrite']:<40} float diff {r['float_max_abs_diff']:.1e}  int8 {r['int8_bytes']['original']} -> "
+                  f"{r['int8_bytes']['rewritten']} B, ops {r['int8_ops']['original']} -> {r['int8_ops']['rewritten']}, "
+                  f"{r['int8_p50_ms']['original']:.3f} -> {r['int8_p50_ms']['rewritten']:.3f} ms")
+        return 0
+    return run_command("export.rewrites", ap, argv, (FileNotFoundError, ValueError), cmd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

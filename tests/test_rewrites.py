@@ -1,0 +1,80 @@
+"""export/rewrites.py: the two graph rewrites equal the original graphs in float, and the LSTM one
+removes the per-step input projections from the int8 graph."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge.params import Params
+
+
+def _randomize_bn(model, rng):
+    for layer in model.layers:
+        if type(layer).__name__ == "BatchNormalization":
+            g, b, m, v = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 2.0, g.shape).astype(np.float32),
+                               rng.normal(0, 0.3, b.shape).astype(np.float32),
+                               rng.normal(0, 0.3, m.shape).astype(np.float32),
+                               rng.uniform(0.2, 3.0, v.shape).astype(np.float32)])
+
+
+@pytest.fixture(scope="module")
+def speech_head():
+    import keras
+
+    from training.speech import SpeechRecipe, build_head
+    keras.utils.set_random_seed(0)
+    head = build_head(SpeechRecipe(conv_filters=(8, 8), lstm_units=8, attention_units=8))
+    _randomize_bn(head, np.random.default_rng(0))
+    return head
+
+
+def test_batched_bilstm_equals_keras_lstm(speech_head):
+    from export.rewrites import batched_bilstm
+    new = batched_bilstm(speech_head)
+    assert new.get_layer("speech_bilstm") is not speech_head.get_layer("speech_bilstm")
+    x = np.random.default_rng(1).normal(0, 1.5, (6, 24, 16, 64)).astype(np.float32)
+    ref, got = speech_head.predict(x, verbose=0), new.predict(x, verbose=0)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    assert np.abs(ref - ref.mean(0)).max() > 1e-3          # the inputs do move the output
+
+
+def test_batched_bilstm_drops_per_step_projections_in_int8(speech_head):
+    from export.rewrites import _fixed, _int8, _ops, batched_bilstm
+    shape = (1, 24, 16, 64)
+    a = _int8(_fixed(speech_head, shape), shape, np.random.default_rng(0), 2.0)
+    b = _int8(_fixed(batched_bilstm(speech_head), shape), shape, np.random.default_rng(0), 2.0)
+    # 12 steps x 2 directions: each loses its input FULLY_CONNECTED, a RESHAPE and an ADD
+    assert _ops(a) - _ops(b) >= 2 * 12 * 2 and len(b) < len(a)
+
+
+def test_face_stem_s2d_equals_conv_bn_relu_pool():
+    import keras
+
+    from export.rewrites import face_stem_s2d
+    from training.face import QUICK, build_face_model
+    keras.utils.set_random_seed(0)
+    face = build_face_model(QUICK)
+    _randomize_bn(face, np.random.default_rng(2))
+    new = face_stem_s2d(face)
+    assert "face_conv1" not in [la.name for la in new.layers]
+    x = np.random.default_rng(3).random((5, 60, 60, 1)).astype(np.float32)
+    np.testing.assert_allclose(new.predict(x, verbose=0), face.predict(x, verbose=0), atol=1e-5)
+    # the stem's own output equals the original first block's, pixel for pixel
+    pool_ref = keras.Model(face.input, face.get_layer("face_pool1").output).predict(x, verbose=0)
+    pool_new = keras.Model(new.input, new.get_layer("face_stem_out").output).predict(x, verbose=0)
+    np.testing.assert_allclose(pool_new, pool_ref, atol=1e-5)
+
+
+def test_face_stem_s2d_rejects_other_stems():
+    import keras
+    from keras import layers as L
+
+    from export.rewrites import face_stem_s2d
+    x_in = keras.Input((60, 60, 3))
+    x = L.Conv2D(4, 3, padding="same", use_bias=False, name="face_conv1")(x_in)
+    x = L.BatchNormalization(name="face_bn1")(x)
+    x = L.MaxPooling2D(2, name="face_pool1")(L.ReLU()(x))
+    with pytest.raises(ValueError, match="face_conv1: expected a bias-free 3x3 conv on one channel"):
+        face_stem_s2d(keras.Model(x_in, x))
+    assert Params().face_size % 2 == 0
