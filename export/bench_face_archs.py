@@ -30,23 +30,18 @@ def measure(widths: str, runs: int, p) -> dict:
 
     from edge.runtime.litert import interpreter_class
     from export.bench import graph_macs, timeit
+    from export.convert import fixed_batch, int8_random_calibration
     from training.face import FaceRecipe, build_face_model
     from training.face_cli import paper_layout
     keras.utils.set_random_seed(0)
     n = p.faces_per_patch
     face = build_face_model(FaceRecipe().replace(layers=paper_layout(widths)), p)
-    x_in = keras.Input((p.face_size, p.face_size, 1), batch_size=n)
-    model = keras.Model(x_in, face(x_in))
+    model = fixed_batch(face, (n, p.face_size, p.face_size, 1))
     rng = np.random.default_rng(0)
     x = rng.random((n, p.face_size, p.face_size, 1)).astype(np.float32)
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: ([rng.random(x.shape).astype(np.float32)] for _ in range(8))
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = conv.inference_output_type = tf.int8
     with tempfile.TemporaryDirectory() as tmp:
         f = Path(tmp) / "face.tflite"
-        f.write_bytes(conv.convert())
+        f.write_bytes(int8_random_calibration(model, x.shape, rng, samples=8))
         it = interpreter_class()(str(f), num_threads=1)
         it.allocate_tensors()
         d = it.get_input_details()[0]

@@ -71,6 +71,26 @@ def to_tflite_int8(saved_model: Path, out: Path, representative: Callable[[], It
     return strip_names(_write(out, conv.convert()))
 
 
+def fixed_batch(model, shape: tuple[int, ...]):
+    """``model`` wrapped with a fixed input shape ``shape`` (batch included), for the benchmark graphs."""
+    import keras
+    x = keras.Input(shape[1:], batch_size=shape[0])
+    return keras.Model(x, model(x))
+
+
+def int8_random_calibration(model, shape: tuple[int, ...], rng: np.random.Generator, scale: float = 1.0,
+                            samples: int = 32) -> bytes:
+    """Full-integer int8 TFLite bytes of a fixed-shape Keras ``model`` calibrated on uniform random inputs in
+    [0, scale): for latency and size benchmarks only (the shipped graph calibrates on real data)."""
+    import tensorflow as tf
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([scale * rng.random(shape).astype(np.float32)] for _ in range(samples))
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = conv.inference_output_type = tf.int8
+    return conv.convert()
+
+
 def to_onnx(saved_model: Path, out: Path, opset: int = 17) -> Path:
     """tf2onnx on the SavedModel's ``serve`` signature (variables frozen into constants)."""
     import subprocess

@@ -143,25 +143,9 @@ def face_stem_s2d(face, conv: str = "face_conv1", bn: str = "face_bn1", pool: st
 
 # ------------------------------------------------------------------ measurement
 
-def _int8(model, shape: tuple[int, ...], rng: np.random.Generator, scale: float = 1.0) -> bytes:
-    import tensorflow as tf
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: ([scale * rng.random(shape).astype(np.float32)] for _ in range(32))
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = conv.inference_output_type = tf.int8
-    return conv.convert()
-
-
 def _float(model) -> bytes:
     import tensorflow as tf
     return tf.lite.TFLiteConverter.from_keras_model(model).convert()
-
-
-def _fixed(model, shape: tuple[int, ...]):
-    import keras
-    x = keras.Input(shape[1:], batch_size=shape[0])
-    return keras.Model(x, model(x))
 
 
 def _latency_ms(buf: bytes, runs: int) -> dict:
@@ -184,8 +168,10 @@ def compare(name: str, original, rewritten, shape: tuple[int, ...], runs: int, r
     """Float max |diff| on random inputs; int8 and float TFLite bytes, op counts and 1-thread latency."""
     x = scale * rng.random((4,) + shape[1:]).astype(np.float32)
     diff = float(np.abs(original.predict(x, verbose=0) - rewritten.predict(x, verbose=0)).max())
-    a, b = _fixed(original, shape), _fixed(rewritten, shape)
-    q = {k: _int8(m, shape, np.random.default_rng(1), scale) for k, m in (("original", a), ("rewritten", b))}
+    from export.convert import fixed_batch, int8_random_calibration
+    a, b = fixed_batch(original, shape), fixed_batch(rewritten, shape)
+    q = {k: int8_random_calibration(m, shape, np.random.default_rng(1), scale)
+         for k, m in (("original", a), ("rewritten", b))}
     fl = {k: len(_float(m)) for k, m in (("original", a), ("rewritten", b))}
     lat = {k: [] for k in q}
     for _ in range(3):                   # interleaved: both see the same machine state

@@ -40,10 +40,11 @@ def test_batched_bilstm_equals_keras_lstm(speech_head):
 
 
 def test_batched_bilstm_drops_per_step_projections_in_int8(speech_head):
-    from export.rewrites import _fixed, _int8, _ops, batched_bilstm
+    from export.convert import fixed_batch, int8_random_calibration
+    from export.rewrites import _ops, batched_bilstm
     shape = (1, 24, 16, 64)
-    a = _int8(_fixed(speech_head, shape), shape, np.random.default_rng(0), 2.0)
-    b = _int8(_fixed(batched_bilstm(speech_head), shape), shape, np.random.default_rng(0), 2.0)
+    a = int8_random_calibration(fixed_batch(speech_head, shape), shape, np.random.default_rng(0), 2.0)
+    b = int8_random_calibration(fixed_batch(batched_bilstm(speech_head), shape), shape, np.random.default_rng(0), 2.0)
     # 12 steps x 2 directions: each loses its input FULLY_CONNECTED, a RESHAPE and an ADD
     assert _ops(a) - _ops(b) >= 2 * 12 * 2 and len(b) < len(a)
 
