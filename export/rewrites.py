@@ -8,16 +8,26 @@ converter would store:
 - ``batched_bilstm``: Keras' ``LSTM(unroll=True)`` computes ``x_t @ W`` inside every unrolled step
   (one FULLY_CONNECTED, one RESHAPE and one ADD per step and direction). Here the input projection
   ``x @ W + b`` of all steps is one FULLY_CONNECTED before the loop; each step keeps only ``h @ U``.
+  With ``merge_directions`` (the default, and what the device graph uses) the forward and backward
+  directions also share each step's tensors: row 0 of a (1, 2, 4u) gate tensor is the forward step k,
+  row 1 the backward step n - 1 - k, so one ADD / SPLIT / LOGISTIC / TANH / MUL serves both, and only
+  ``h @ U`` stays per direction (two FULLY_CONNECTED, one SPLIT and one CONCATENATION a step). In int8
+  every tensor carries its own quantisation record: half the tensors is a markedly smaller file, for
+  a few microseconds more per step (the SPLIT and CONCATENATION); graph_rewrites.json has both forms.
 - ``face_stem_s2d``: the face CNN's first block, conv3x3 (1 -> f) + BatchNorm + ReLU + max-pool 2x2 on
   60x60, becomes space-to-depth (60x60x1 -> 30x30x4), one conv3x3 (4 -> 4f, BatchNorm folded) + ReLU and
   a max over the four f-channel groups (the four pixels of each pooling window). A 1-channel conv uses
-  9 MACs per output; XNNPACK runs it far below its int8 rate, the 4-channel form much closer to it.
+  9 MACs per output; XNNPACK runs it far below its int8 rate, the 4-channel form much closer to it, but
+  with 4x the MACs (27 of its 36 taps per output are zero). It paid at 20 channels and loses at
+  the shipped 16 (graph_rewrites.json), so the device graph leaves it out.
 
-Not yet part of ``edge-export``'s device graph (export/prequant.py): this module measures them.
+``edge-export``'s device graph (export/prequant.py, via :func:`rewritten`) uses ``batched_bilstm`` with
+the directions merged; this module measures each rewrite alone on the shipped model.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
@@ -31,17 +41,26 @@ log = logging.getLogger(__name__)
 REPORT_JSON = "graph_rewrites.json"
 
 
+@functools.cache
 def _unrolled_bilstm_layer():
+    """The layer class, made once (Keras is imported only here) and registered, so that ``clone_model``
+    and saving find it."""
+    import keras
     from keras import layers as L
     from keras import ops
 
+    @keras.saving.register_keras_serializable(package="av_emotion_edge")
     class UnrolledBiLSTM(L.Layer):
         """Bidirectional LSTM (Keras gate order i, f, c, o; sigmoid / tanh), unrolled, zero initial state,
         sequences out (forward and backward concatenated, as ``Bidirectional(..., merge_mode="concat")``)."""
 
-        def __init__(self, units: int, **kw):
+        def __init__(self, units: int, merge_directions: bool = True, **kw):
             super().__init__(**kw)
             self.units = units
+            self.merge_directions = merge_directions
+
+        def get_config(self):
+            return super().get_config() | {"units": self.units, "merge_directions": self.merge_directions}
 
         def build(self, shape):
             d, u = shape[-1], self.units
@@ -49,24 +68,51 @@ def _unrolled_bilstm_layer():
                          ("b_kernel", (d, 4 * u)), ("b_recurrent", (u, 4 * u)), ("b_bias", (4 * u,))):
                 setattr(self, k, self.add_weight(shape=s, name=k, initializer="zeros"))
 
+        @staticmethod
+        def _cell(z, c):
+            i, f, g, o = ops.split(z, 4, axis=-1)
+            i, f, g, o = ops.sigmoid(i), ops.sigmoid(f), ops.tanh(g), ops.sigmoid(o)
+            c = i * g if c is None else f * c + i * g
+            return o * ops.tanh(c), c
+
         def _direction(self, xw, recurrent, steps):
             h = c = None
             out = {}
             xs = ops.unstack(xw, axis=1)
             for t in steps:
-                z = xs[t] if h is None else xs[t] + ops.matmul(h, recurrent)
-                i, f, g, o = ops.split(z, 4, axis=-1)
-                i, f, g, o = ops.sigmoid(i), ops.sigmoid(f), ops.tanh(g), ops.sigmoid(o)
-                c = i * g if c is None else f * c + i * g
-                h = o * ops.tanh(c)
+                h, c = self._cell(xs[t] if h is None else xs[t] + ops.matmul(h, recurrent), c)
                 out[t] = h
             return ops.stack([out[t] for t in sorted(out)], axis=1)
+
+        def _merged(self, xw, n):
+            """Both directions in one set of tensors: (b, 2, 4u) per step, row 0 forward at step k, row 1
+            backward at step n - 1 - k; each direction keeps its own recurrent matrix."""
+            u = self.units
+            xw = ops.reshape(xw, (-1, n, 2, 4 * u))
+            xs = ops.unstack(ops.stack([xw[:, :, 0], ops.flip(xw[:, :, 1], axis=1)], axis=2), axis=1)
+            h = c = None
+            out = []
+            for k in range(n):
+                if h is None:
+                    z = xs[k]
+                else:
+                    hf, hb = ops.split(h, 2, axis=1)                                        # (b, 1, u)
+                    z = xs[k] + ops.concatenate([ops.matmul(hf, self.f_recurrent),
+                                                 ops.matmul(hb, self.b_recurrent)], axis=1)
+                h, c = self._cell(z, c)
+                out.append(h)
+            y = ops.stack(out, axis=1)                                                      # (b, n, 2, u)
+            return ops.concatenate([y[:, :, 0], ops.flip(y[:, :, 1], axis=1)], axis=-1)
 
         def call(self, x, mask=None, training=None, initial_state=None):
             if mask is not None or initial_state is not None:
                 raise ValueError("UnrolledBiLSTM supports neither masks nor an initial state")
             n, d = x.shape[1], x.shape[2]
             flat = ops.reshape(x, (-1, d))           # (b * T, d): one FULLY_CONNECTED, not BATCH_MATMUL
+            if self.merge_directions:
+                kernel = ops.concatenate([self.f_kernel, self.b_kernel], axis=1)
+                bias = ops.concatenate([self.f_bias, self.b_bias], axis=0)
+                return self._merged(ops.matmul(flat, kernel) + bias, n)
             xf = ops.reshape(ops.matmul(flat, self.f_kernel) + self.f_bias, (-1, n, 4 * self.units))
             xb = ops.reshape(ops.matmul(flat, self.b_kernel) + self.b_bias, (-1, n, 4 * self.units))
             return ops.concatenate([self._direction(xf, self.f_recurrent, range(n)),
@@ -75,15 +121,16 @@ def _unrolled_bilstm_layer():
     return UnrolledBiLSTM
 
 
-def batched_bilstm(head, layer: str = "speech_bilstm"):
+def batched_bilstm(head, layer: str = "speech_bilstm", merge_directions: bool = True):
     """``head`` (a functional model with a ``Bidirectional(LSTM(unroll=True))`` named ``layer``) with that
-    layer replaced by one whose input projection is batched over the steps. Same weights."""
+    layer replaced by one whose input projection is batched over the steps and, with ``merge_directions``,
+    whose two directions share each step's gate and state tensors. Same weights."""
     import keras
     bl = head.get_layer(layer)
     fw, bw = bl.forward_layer, bl.backward_layer
     if bl.merge_mode != "concat" or not fw.return_sequences or not bw.go_backwards:
         raise ValueError(f"{layer}: expected Bidirectional(LSTM(return_sequences=True)) with merge_mode='concat'")
-    new = _unrolled_bilstm_layer()(fw.units, name=layer)
+    new = _unrolled_bilstm_layer()(fw.units, merge_directions=merge_directions, name=layer)
 
     def clone(lay):
         return new if lay is bl else lay.__class__.from_config(lay.get_config())
@@ -134,11 +181,23 @@ def face_stem_s2d(face, conv: str = "face_conv1", bn: str = "face_bn1", pool: st
     x = L.MaxPooling2D((1, 4), name="face_stem_max")(x)
     x = L.Reshape((h, h, f), name="face_stem_out")(x)
     names = [lay.name for lay in face.layers]
-    for lay in face.layers[names.index(pool) + 1:]:
-        x = lay(x)
+    later = []
+    for lay in face.layers[names.index(pool) + 1:]:    # fresh copies: a reused layer's ``.output`` would be
+        new = lay.__class__.from_config(lay.get_config())  # its first call, in the original graph
+        x = new(x)
+        later.append((new, lay))
     out = keras.Model(x_in, x, name=face.name)
     stem.set_weights([k3, bias])
+    for new, lay in later:
+        new.set_weights(lay.get_weights())
     return out
+
+
+def rewritten(parts: dict) -> dict:
+    """``training.ship.shipped_parts`` with the rewrites the device graph uses: ``batched_bilstm`` (directions
+    merged). ``face_stem_s2d`` is not used: for the shipped 16-wide face CNN it was slower in int8 (its conv
+    does 4x the MACs of the 1-channel stem, which pays only at larger widths; graph_rewrites.json)."""
+    return parts | {"speech_head": batched_bilstm(parts["speech_head"])}
 
 
 # ------------------------------------------------------------------ measurement
@@ -202,8 +261,11 @@ def run(ship_dir: Path, runs: int, p=None) -> dict:
     parts = shipped_parts(keras.saving.load_model(model_f, compile=False))
     rng = np.random.default_rng(0)
     head, face = parts["speech_head"], parts["face_model"]
-    rows = [compare("batched_bilstm (speech head)", head, batched_bilstm(head), (1,) + tuple(head.input.shape[1:]),
-                    runs, rng, scale=2.0),
+    shape = (1,) + tuple(head.input.shape[1:])
+    rows = [compare("batched_bilstm, directions apart (speech head)", head,
+                    batched_bilstm(head, merge_directions=False), shape, runs, rng, scale=2.0),
+            compare("batched_bilstm, directions merged (speech head)", head, batched_bilstm(head), shape, runs, rng,
+                    scale=2.0),
             compare(f"face_stem_s2d (face CNN, {p.faces_per_patch} faces)", face, face_stem_s2d(face),
                     (p.faces_per_patch, p.face_size, p.face_size, 1), runs, rng)]
     return {"model": str(model_f), "runs": runs, "threads": 1, "machine": machine_info(), "rows": rows,

@@ -47,7 +47,7 @@ def test_prequant_report_help_and_missing_folds(tmp_path):
 def test_face_widths_flag():
     from training.face import FaceRecipe
     from training.face_cli import paper_layout
-    assert paper_layout("20,40,40,80,80,160") == FaceRecipe().layers
+    assert paper_layout("16,32,32,64,64,128") == FaceRecipe().layers
     r = run("face", "--widths", "16,32")
     assert r.returncode == 2 and "six positive integers" in r.stderr and "Traceback" not in r.stderr
 

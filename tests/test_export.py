@@ -1,6 +1,7 @@
-"""edge-export's conversions on a small three-head model (real YAMNet trunk, untrained heads):
-one graph, batch 1, builtin ops only, named inputs/outputs, int8 in/out with quantization read
-at run time, float TFLite and ONNX equal to Keras, and the device wrapper on top."""
+"""edge-export's conversions on a small three-head model (real YAMNet trunk, untrained heads), through
+export.cli.convert (device graph: rewrites, floors, bias-corrected int8 twin): one graph, batch 1,
+builtin ops only, named inputs/outputs, int8 in/out with quantization read at run time, float TFLite
+and ONNX equal to the device graph in Keras, and the device wrapper on top."""
 from __future__ import annotations
 
 import json
@@ -16,7 +17,7 @@ def exported(yamnet_weights, tmp_path_factory):
     import keras
 
     from edge.params import Params
-    from export.convert import export_all
+    from export.cli import convert
     from training.face import QUICK, build_face_model
     from training.ship import SHIP_RECIPE, build_fusion_head, build_shipped_model
     from training.speech import build_head
@@ -27,14 +28,14 @@ def exported(yamnet_weights, tmp_path_factory):
     head = build_fusion_head(32, QUICK.embedding, p)
     model = build_shipped_model(yamnet_weights, speech, np.zeros(64), np.ones(64), face, head, p, batch_size=None)
     rng = np.random.default_rng(0)
+    cal = [{"log_mel": rng.normal(0, 2, (1, 96, 64)).astype(np.float32),
+            "faces": rng.random((1, 5, 60, 60, 1)).astype(np.float32)} for _ in range(8)]
 
     def representative():
-        for _ in range(8):
-            yield {"log_mel": rng.normal(0, 2, (1, 96, 64)).astype(np.float32),
-                   "faces": rng.random((1, 5, 60, 60, 1)).astype(np.float32)}
+        yield from cal
     d = tmp_path_factory.mktemp("export")
-    targets = export_all(model, d / "work", d / "models", representative, d / "work", p)
-    return model, targets, d
+    device, _, targets = convert(model, d / "work", d / "models", representative, p)   # edge-export's own path
+    return device, targets, d, model
 
 
 def _inputs(seed=1):
@@ -44,7 +45,7 @@ def _inputs(seed=1):
 
 def test_one_graph_builtin_ops_batch_one(exported):
     from export.edgetpu import edgetpu_report, graph_ops
-    _, targets, _ = exported
+    _, targets, _, _ = exported
     for name in ("tflite_int8", "tflite_float"):
         ops = graph_ops(targets[name]["path"])
         assert ops and not [o for o in ops if o.startswith("Flex") or o == "CUSTOM"], name
@@ -54,7 +55,7 @@ def test_one_graph_builtin_ops_batch_one(exported):
 
 def test_named_io_and_int8_quantization_from_the_model(exported):
     from edge.runtime import load_model
-    _, targets, _ = exported
+    _, targets, _, _ = exported
     m = load_model(targets["tflite_int8"]["path"])
     assert set(m.input_names) == {"log_mel", "faces"} and set(m.output_names) == {"fused", "speech", "face"}
     assert m.input_detail("log_mel")["dtype"] == np.int8 and tuple(m.input_detail("faces")["shape"]) == (1, 5, 60,
@@ -65,7 +66,7 @@ def test_named_io_and_int8_quantization_from_the_model(exported):
 
 def test_float_tflite_and_onnx_equal_keras(exported):
     from edge.runtime import load_model
-    model, targets, _ = exported
+    model, targets, _, _ = exported
     lm, faces = _inputs()
     ref = {k: np.asarray(v) for k, v in model({"log_mel": lm, "faces": faces}, training=False).items()}
     for name, backend in (("tflite_float", "litert"), ("onnx", "onnx")):
@@ -76,7 +77,7 @@ def test_float_tflite_and_onnx_equal_keras(exported):
 
 def test_int8_close_to_float_and_smaller(exported):
     from edge.runtime import load_model
-    _, targets, _ = exported
+    _, targets, _, _ = exported
     lm, faces = _inputs(2)
     f = load_model(targets["tflite_float"]["path"]).predict({"log_mel": lm, "faces": faces})
     q = load_model(targets["tflite_int8"]["path"]).predict({"log_mel": lm, "faces": faces})
@@ -89,7 +90,7 @@ def test_device_wrapper_on_the_exported_graph(exported):
     from edge.model import EmotionModel
     from export.bench import graph_macs
     from export.cli import write_manifest
-    _, targets, d = exported
+    _, targets, d, _ = exported
     meta = {"emotions": ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"],
             "faces_per_patch": 5, "logmel_prior_mean": [0.0] * 64, "inputs": {}, "outputs": {}}
     man = write_manifest(d / "models", meta, {})
@@ -111,7 +112,7 @@ def test_device_wrapper_on_the_exported_graph(exported):
 def test_standardization_fold_is_exact(exported):
     from edge.params import Params
     from training.ship import build_shipped_model, fold_standardization, shipped_parts
-    model, _, _ = exported
+    _, _, _, model = exported
     rng = np.random.default_rng(4)
     parts = shipped_parts(model)
     parts["feat_mean"] = rng.uniform(0, 1, 64).astype(np.float32)
@@ -128,7 +129,7 @@ def test_standardization_fold_is_exact(exported):
 
 def test_device_graph_floors_logits_and_keeps_the_argmax(exported):
     from export.prequant import HEADS, device_graphs, head_logits
-    model, _, _ = exported
+    _, _, _, model = exported
     rng = np.random.default_rng(6)
     lm = rng.normal(0, 2, (24, 96, 64)).astype(np.float32)
     faces = rng.random((24, 5, 60, 60, 1)).astype(np.float32)
@@ -209,3 +210,17 @@ def test_bias_correction_removes_the_mean_int8_weight_offset(tmp_path):
             err.append(it.get_tensor(o["index"])[0] - np.asarray(m(x[None]))[0])
         return np.abs(np.mean(err, axis=(0, 1, 2))).mean()
     assert offset(fixed) < 0.5 * offset(m)
+
+
+def test_device_graph_rewrites_are_exact_in_the_full_graph(exported):
+    """export.prequant.rebuilt: standardisation folded and the BiLSTM rewrite of export/rewrites.py, no floors;
+    equal to the trained graph in float, with the rewritten layer in place of the Keras one."""
+    from export.prequant import rebuilt
+    _, _, _, model = exported
+    new = rebuilt(model)
+    bilstm = [la for m in new.layers if hasattr(m, "layers") for la in m.layers if la.name == "speech_bilstm"]
+    assert [type(la).__name__ for la in bilstm] == ["UnrolledBiLSTM"] and bilstm[0].merge_directions
+    lm, faces = _inputs(7)
+    a, b = model({"log_mel": lm, "faces": faces}), new({"log_mel": lm, "faces": faces})
+    for k in a:
+        np.testing.assert_allclose(np.asarray(b[k]), np.asarray(a[k]), atol=1e-5)

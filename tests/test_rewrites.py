@@ -1,5 +1,6 @@
-"""export/rewrites.py: the two graph rewrites equal the original graphs in float, and the LSTM one
-removes the per-step input projections from the int8 graph."""
+"""export/rewrites.py: the graph rewrites equal the original graphs in float, and the LSTM one
+removes the per-step input projections (and, directions merged, half the per-step tensors) from the
+int8 graph."""
 from __future__ import annotations
 
 import numpy as np
@@ -29,9 +30,10 @@ def speech_head():
     return head
 
 
-def test_batched_bilstm_equals_keras_lstm(speech_head):
+@pytest.mark.parametrize("merge", [False, True])
+def test_batched_bilstm_equals_keras_lstm(speech_head, merge):
     from export.rewrites import batched_bilstm
-    new = batched_bilstm(speech_head)
+    new = batched_bilstm(speech_head, merge_directions=merge)
     assert new.get_layer("speech_bilstm") is not speech_head.get_layer("speech_bilstm")
     x = np.random.default_rng(1).normal(0, 1.5, (6, 24, 16, 64)).astype(np.float32)
     ref, got = speech_head.predict(x, verbose=0), new.predict(x, verbose=0)
@@ -44,9 +46,13 @@ def test_batched_bilstm_drops_per_step_projections_in_int8(speech_head):
     from export.rewrites import _ops, batched_bilstm
     shape = (1, 24, 16, 64)
     a = int8_random_calibration(fixed_batch(speech_head, shape), shape, np.random.default_rng(0), 2.0)
-    b = int8_random_calibration(fixed_batch(batched_bilstm(speech_head), shape), shape, np.random.default_rng(0), 2.0)
+    b, m = (int8_random_calibration(fixed_batch(batched_bilstm(speech_head, merge_directions=merge), shape), shape,
+                                    np.random.default_rng(0), 2.0) for merge in (False, True))
     # 12 steps x 2 directions: each loses its input FULLY_CONNECTED, a RESHAPE and an ADD
     assert _ops(a) - _ops(b) >= 2 * 12 * 2 and len(b) < len(a)
+    # merged: one ADD, SPLIT, 3 LOGISTIC, 2 TANH, 3 MUL and (after step 0) 1 ADD serve both directions in
+    # 12 steps; each of the 11 recurrent steps gains a SPLIT and a CONCATENATION
+    assert _ops(b) - _ops(m) >= 12 * 10 - 11 * 2 - 12 and len(m) < len(b)
 
 
 def test_face_stem_s2d_equals_conv_bn_relu_pool():

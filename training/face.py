@@ -35,16 +35,19 @@ log = logging.getLogger(__name__)
 class FaceRecipe:
     """Architecture and training recipe of the face CNN."""
     # Architecture as data: ("conv", filters) = 3x3 same conv -> BN -> ReLU; ("pool", 2) = 2x2 max-pool.
+    # The shipped model's widths (16-32-32-64-64-128, 162k parameters): 20-wide scored 0.6 points more on
+    # FER2013 (reports/face_sweep.md) but made the int8 device graph too slow for edge-bench's 5x target
+    # and 16 points of a 60x60 conv cost the Pi the most.
     layers: tuple[tuple[str, int], ...] = (
-        ("conv", 20), ("pool", 2),                    # (60, 60, 20) -> (30, 30, 20)
-        ("conv", 40), ("conv", 40), ("pool", 2),      # (30, 30, 40) -> (15, 15, 40)
-        ("conv", 80), ("conv", 80), ("pool", 2),      # (15, 15, 80) -> (7, 7, 80)
-        ("conv", 160),                                # (7, 7, 160) -> global average pool (160,)
+        ("conv", 16), ("pool", 2),                    # (60, 60, 16) -> (30, 30, 16)
+        ("conv", 32), ("conv", 32), ("pool", 2),      # (30, 30, 32) -> (15, 15, 32)
+        ("conv", 64), ("conv", 64), ("pool", 2),      # (15, 15, 64) -> (7, 7, 64)
+        ("conv", 128),                                # (7, 7, 128) -> global average pool (128,)
     )
     embedding: int = 128                 # units of the `face_embedding` layer
     bn_momentum: float = 0.95            # BatchNorm moving averages (lower for short runs: stale stats)
     dropout: float = 0.4
-    epochs: int = 40
+    epochs: int = 88
     batch_size: int = 128
     lr_final_fraction: float = 0.02      # cosine decay of Adam's lr from Params.learning_rate to this fraction
     # augmentation (train only), applied while resizing 48 -> 60 in one warp
@@ -56,7 +59,7 @@ class FaceRecipe:
     contrast: tuple[float, float] = (0.8, 1.2)
     train_limit: int = 0                 # >0: a stratified subset of this many train faces (quick runs)
     val_limit: int = 0                   # >0: a fixed stratified subset of validation faces
-    seed: int = 0
+    seed: int = 1                        # the shipped run (seed 0 was a 30-epoch run of the same widths)
 
     def replace(self, **kw) -> "FaceRecipe":
         return dataclasses.replace(self, **kw)

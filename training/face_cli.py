@@ -2,7 +2,7 @@
 
     edge-train face --data ../shared/data/fer2013              # full run; rerun to resume
     edge-train face --quick                                    # reduced run for CI (~2 min)
-    python -m training.face_cli face --epochs 40               # the same, without the edge-train wiring
+    python -m training.face_cli face --epochs 88               # the same, without the edge-train wiring
 
 writes reports/face_fer2013.json, reports/face_confusion.png and reports/face.md (a --quick run
 writes them under cache_dir()/face/quick_reports unless --out is given). Checkpoints live in
@@ -40,7 +40,7 @@ def add_face_parser(subparsers) -> argparse.ArgumentParser:
                     f"Writes {REPORT_JSON}, {REPORT_PNG} and {REPORT_MD}.")
     fp.add_argument("--data", default=str(shared_root() / "data" / "fer2013"),
                     help="FER2013 folder with {train,validation}/<class>/*.jpg (default: %(default)s; env AVE_SHARED)")
-    fp.add_argument("--epochs", type=int, help="total epochs (default: 40, or 5 with --quick); a larger value "
+    fp.add_argument("--epochs", type=int, help="total epochs (default: 88, or 5 with --quick); a larger value "
                     "on a finished run continues it, with the cosine lr schedule stretched to the new total")
     fp.add_argument("--out", help=f"reports folder (default: {reports_dir()}; with --quick: "
                                   "<cache>/face/quick_reports)")
@@ -52,9 +52,9 @@ def add_face_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--fresh", dest="resume", action="store_false",
                    help="delete this recipe's checkpoints and start again")
     fp.add_argument("--widths", type=paper_layout, help="the six conv widths of the paper's layout (conv, pool, conv, conv, pool, conv, "
-                                     "conv, pool, conv), comma-separated, e.g. 16,32,32,64,64,128 (default: "
-                                     "20,40,40,80,80,160); another width is another run directory")
-    fp.add_argument("--seed", type=int, help="initialisation, shuffling and augmentation seed (default: 0); another "
+                                     "conv, pool, conv), comma-separated, e.g. 20,40,40,80,80,160 (default: "
+                                     "16,32,32,64,64,128); another width is another run directory")
+    fp.add_argument("--seed", type=int, help="initialisation, shuffling and augmentation seed (default: 1, the shipped run); another "
                                              "seed is another run directory, so a longer schedule can start fresh "
                                              "instead of continuing a finished run")
     fp.add_argument("--quiet", action="store_true", help="no progress bars")

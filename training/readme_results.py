@@ -86,8 +86,11 @@ def results_table() -> str:
     be = _load("bench.json")
     if be and "speedup_int8_vs_keras_1thread" in be:
         m = be["stages"]["model_tflite_int8"]["1"]["p50"]
-        rows.append(f"| edge-bench, fused decision, 1 thread | int8 {m:.1f} ms (p50): "
-                    f"**{be['speedup_int8_vs_keras_1thread']:.1f}x** compiled Keras float, "
+        rounds = be.get("speedup_rounds", [])
+        how = f" (median of {len(rounds)} interleaved rounds, {min(r['ratio'] for r in rounds):.2f}-" \
+              f"{max(r['ratio'] for r in rounds):.2f}x)" if rounds else ""
+        rows.append(f"| edge-bench, fused decision, 1 thread | int8 {m:.2f} ms (p50): "
+                    f"**{be['speedup_int8_vs_keras_1thread']:.2f}x** compiled Keras float{how}, "
                     f"{be['speedup_int8_vs_keras_eager_1thread']:.0f}x eager Keras; whole decision "
                     f"{be['stages']['whole_decision_int8']['1']['p50']:.1f} ms | – | {be['machine']['cpu']} "
                     f"([bench.json](reports/bench.json)) |")

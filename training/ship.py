@@ -155,19 +155,6 @@ def fold_standardization(parts: dict) -> dict:
                     "feat_std": np.ones_like(parts["feat_std"], dtype=np.float32)}
 
 
-def rebuild_shipped(model, p: Params = Params(), batch_size: int | None = 1,
-                    logit_floor: dict[str, float] | None = None, fold_std: bool = False):
-    """``model`` rebuilt by the current :func:`build_shipped_model` on a copy of its layers: graph fixes reach
-    models saved before them. Equal in float to ``model`` unless ``logit_floor`` is given."""
-    import keras
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    parts = shipped_parts(copy)
-    if fold_std:
-        parts = fold_standardization(parts)
-    return build_shipped_model(**parts, p=p, batch_size=batch_size, name=model.name, logit_floor=logit_floor)
-
-
 # ------------------------------------------------------------------ label-paired triples
 
 def face_targets(labels: np.ndarray, p: Params = Params()) -> np.ndarray:
