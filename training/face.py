@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 class FaceRecipe:
     """Architecture and training recipe of the face CNN."""
     # Architecture as data: ("conv", filters) = 3x3 same conv -> BN -> ReLU; ("pool", 2) = 2x2 max-pool.
-    # The shipped model's widths (16-32-32-64-64-128, 162k parameters): 20-wide scored 0.6 points more on
-    # FER2013 (reports/face_sweep.md) but made the int8 device graph too slow for edge-bench's 5x target
-    # and 16 points of a 60x60 conv cost the Pi the most.
+    # The shipped model's widths (16-32-32-64-64-128, 162k parameters). 20-wide scored a little more on
+    # FER2013 (reports/face_sweep.md) but the face CNN is most of the int8 decision's time (5 faces a
+    # patch), and 20-wide kept the device graph under edge-bench's 5x-over-Keras target.
     layers: tuple[tuple[str, int], ...] = (
         ("conv", 16), ("pool", 2),                    # (60, 60, 16) -> (30, 30, 16)
         ("conv", 32), ("conv", 32), ("pool", 2),      # (30, 30, 32) -> (15, 15, 32)
