@@ -84,7 +84,11 @@ class EmotionModel:
             faces = np.asarray(faces)
             if faces.shape[1:] != (s, s):
                 raise ValueError(f"faces must be (k, {s}, {s}) grey, got {faces.shape}")
-            fx = (self.pick_faces(faces).astype(np.float32) / 255.0)[None, ..., None]   # (1, 5, 60, 60, 1)
+            picked = faces if len(faces) == self.n_faces else self.pick_faces(faces)
+            if picked.dtype == np.uint8:    # straight to the input's type (int8: one XOR, no float round trip)
+                fx = self.backend.encode_u8("faces", picked)[None, ..., None]          # (1, 5, 60, 60, 1)
+            else:
+                fx = (picked.astype(np.float32) / 255.0)[None, ..., None]
         else:
             fx = self._blank_faces
         out = self.backend.predict({"log_mel": lm, "faces": fx})

@@ -224,6 +224,11 @@ def bench(args) -> dict:
         out = m1.infer(x, faces9[np.resize(k, p.faces_per_patch)])
         return majority_vote(out["fused"])
     st["whole_decision_int8"] = {"1": timeit(decision, args.runs, args.warmup)}
+    # infer() against the graph alone (inputs already set), interleaved: the difference is infer's Python
+    # side (picking and encoding the faces, quantising the patch, reading and dequantising three outputs)
+    m1.infer(lm, faces5)
+    io = interleaved_ratio(lambda: m1.infer(lm, faces5), m1.backend.interpreter.invoke, 3, args.runs, args.warmup)
+    res["infer_python_ms_1thread"] = float(np.median([r["slow_p50_ms"] - r["fast_p50_ms"] for r in io]))
     macs = graph_macs(model_path)
     gflops = peak_gflops()
     p50 = st["model_tflite_int8"]["1"]["p50"]
@@ -259,6 +264,9 @@ def table(res: dict) -> str:
              + (f", the float TFLite graph at {100 * res['float_fraction_of_fp32_peak_1thread']:.0f}%"
                 if "float_fraction_of_fp32_peak_1thread" in res else "")
              + f"; peak RSS {res['peak_rss_mb']:.0f} MB (TensorFlow loaded: {res['tensorflow_imported']})"]
+    if "infer_python_ms_1thread" in res:
+        extra.append(f"infer()'s Python side (faces encoded, patch quantised, outputs read): "
+                     f"{1e3 * res['infer_python_ms_1thread']:.0f} us of model_tflite_int8's 1-thread p50")
     if "speedup_int8_vs_keras_1thread" in res:
         extra.append(f"int8 fused decision vs Keras float, 1 thread: {res['speedup_int8_vs_keras_1thread']:.2f}x "
                      f"(compiled tf.function; median of {len(res['speedup_rounds'])} interleaved rounds: "

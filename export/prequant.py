@@ -106,6 +106,8 @@ def bias_corrected(model, log_mel: np.ndarray, faces: np.ndarray) -> tuple[objec
     shifts = {}
     for sub_name, name, bn in CORRECTED:
         sub = copy.get_layer(sub_name)
+        if name == "face_conv1" and name not in {la.name for la in sub.layers}:
+            name, bn = "face_stem_conv", None         # export/rewrites.face_stem_cols: BatchNorm folded, a bias
         layer = sub.get_layer(name)
         x = np.asarray(keras.Model(sub.inputs, layer.input).predict(inputs[sub_name], batch_size=256, verbose=0))
         err = expected_weight_error(layer, x)
@@ -158,9 +160,11 @@ STEPS = ("trained model as saved", "+ standardisation folded into the trunk",
          "+ int8 biases corrected for weight rounding")
 
 
-def rebuilt(model, p: Params = Params(), rewrite: bool = True, logit_floor: dict[str, float] | None = None):
+def rebuilt(model, p: Params = Params(), rewrite: bool = True, logit_floor: dict[str, float] | None = None,
+            face_stem: bool = False):
     """``model`` rebuilt with its standardisation folded, the exact rewrites of export/rewrites.py (unless
-    ``rewrite`` is false) and, given ``logit_floor``, floored heads; batch dimension free."""
+    ``rewrite`` is false; ``face_stem``: also the stem fold, which the device graph leaves out) and, given
+    ``logit_floor``, floored heads; batch dimension free."""
     import keras
 
     from export.rewrites import rewritten
@@ -169,7 +173,7 @@ def rebuilt(model, p: Params = Params(), rewrite: bool = True, logit_floor: dict
     copy.set_weights(model.get_weights())
     parts = fold_standardization(shipped_parts(copy))
     if rewrite:
-        parts = rewritten(parts)
+        parts = rewritten(parts, face_stem=face_stem)
     return build_shipped_model(**parts, p=p, batch_size=None, name=model.name, logit_floor=logit_floor)
 
 

@@ -2,7 +2,7 @@
 
     python -m export.rewrites --ship-dir ~/.cache/av-emotion-edge/ship   # -> reports/graph_rewrites.json
 
-Two rewrites, each equal to the original in float (to rounding) and each keeping the int8 weights the
+Three rewrites, each equal to the original in float (to rounding) and each keeping the int8 weights the
 converter would store:
 
 - ``batched_bilstm``: Keras' ``LSTM(unroll=True)`` computes ``x_t @ W`` inside every unrolled step
@@ -14,12 +14,17 @@ converter would store:
   ``h @ U`` stays per direction (two FULLY_CONNECTED, one SPLIT and one CONCATENATION a step). In int8
   every tensor carries its own quantisation record: half the tensors is a markedly smaller file, for
   a few microseconds more per step (the SPLIT and CONCATENATION); graph_rewrites.json has both forms.
-- ``face_stem_s2d``: the face CNN's first block, conv3x3 (1 -> f) + BatchNorm + ReLU + max-pool 2x2 on
-  60x60, becomes space-to-depth (60x60x1 -> 30x30x4), one conv3x3 (4 -> 4f, BatchNorm folded) + ReLU and
-  a max over the four f-channel groups (the four pixels of each pooling window). A 1-channel conv uses
-  9 MACs per output; XNNPACK runs it far below its int8 rate, the 4-channel form much closer to it, but
-  with 4x the MACs (27 of its 36 taps per output are zero). It paid at 20 channels and loses at
-  the shipped 16 (graph_rewrites.json), so the device graph leaves it out.
+- ``face_stem_cols`` (measured; the device graph leaves it out, see :func:`rewritten`): the face CNN's
+  first conv3x3 (1 -> f) + BatchNorm on 60x60x1 runs on 60x30x2 (each pair of neighbouring columns
+  folded into channels by a reshape) as one conv3x3 (2 -> 2f), whose output reshapes back to 60x60xf. XNNPACK's int8 convolution kernels on this
+  CPU work in tiles of 16 output channels by 8 input channels per 3x3 tap, so a 1-channel conv with 8
+  filters costs what an 8-channel conv with 16 filters does (measured on the 60x60 stem, 5 faces: 1 or 4
+  input channels cost the same, 8 or 16 filters the same, 32 filters twice that). Folding two columns
+  fills a tile's 16 output channels with half the pixels: the shipped 8-filter stem would take half
+  the time; a 16-filter stem gains nothing (its tile is full already).
+- ``face_stem_s2d``: the same idea with 2x2 blocks (space-to-depth, 60x60x1 -> 30x30x4, conv3x3
+  (4 -> 4f), a max over the four f-channel groups for the 2x2 pool). It needs a transpose and 4x the
+  MACs (27 of its 36 taps per output are zero); kept as a measured alternative (graph_rewrites.json).
 
 ``edge-export``'s device graph (export/prequant.py, via :func:`rewritten`) uses ``batched_bilstm`` with
 the directions merged; this module measures each rewrite alone on the shipped model.
@@ -143,17 +148,39 @@ def batched_bilstm(head, layer: str = "speech_bilstm", merge_directions: bool = 
     return out
 
 
-def face_stem_s2d(face, conv: str = "face_conv1", bn: str = "face_bn1", pool: str = "face_pool1"):
-    """The face CNN with its first conv + BatchNorm + ReLU + 2x2 max-pool as space-to-depth, conv3x3 (4 -> 4f)
-    and a max over four channel groups. Every later layer is reused as it is."""
-    import keras
-    from keras import layers as L
+def _stem(face, conv: str, bn: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The first conv's kernel (3, 3, f) and its BatchNorm as (scale, shift) per filter."""
     k = face.get_layer(conv).get_weights()[0]                               # (3, 3, 1, f)
     if k.shape[:3] != (3, 3, 1) or face.get_layer(conv).use_bias:
         raise ValueError(f"{conv}: expected a bias-free 3x3 conv on one channel, got kernel {k.shape}")
     b = face.get_layer(bn)
     gamma, beta, mean, var = b.get_weights()
     s = gamma / np.sqrt(var + b.epsilon)
+    return k[:, :, 0, :], s, beta - mean * s
+
+
+def _with_later_layers(face, x_in, x, after: str, name: str):
+    """``face``'s layers after ``after`` applied to ``x`` as fresh copies with the same weights (a reused
+    layer's ``.output`` would be its first call, in the original graph)."""
+    import keras
+    names = [lay.name for lay in face.layers]
+    later = []
+    for lay in face.layers[names.index(after) + 1:]:
+        new = lay.__class__.from_config(lay.get_config())
+        x = new(x)
+        later.append((new, lay))
+    out = keras.Model(x_in, x, name=name)
+    for new, lay in later:
+        new.set_weights(lay.get_weights())
+    return out
+
+
+def face_stem_s2d(face, conv: str = "face_conv1", bn: str = "face_bn1", pool: str = "face_pool1"):
+    """The face CNN with its first conv + BatchNorm + ReLU + 2x2 max-pool as space-to-depth, conv3x3 (4 -> 4f)
+    and a max over four channel groups. Every later layer is reused as it is."""
+    import keras
+    from keras import layers as L
+    k, s, shift = _stem(face, conv, bn)
     f = k.shape[-1]
     # output pixel (2i + a, 2j + c) of filter f reads input rows 2i + a + dy - 1, i.e. block row i + di with
     # sub-row a2 where 2 di + a2 = a + dy - 1: the 3x3 kernel tap (dy, dx) lands at block offset (di, dj),
@@ -165,13 +192,12 @@ def face_stem_s2d(face, conv: str = "face_conv1", bn: str = "face_bn1", pool: st
                 for dx in range(3):
                     di, a2 = divmod(a + dy - 1, 2)
                     dj, c2 = divmod(c + dx - 1, 2)
-                    k3[di + 1, dj + 1, 2 * a2 + c2, (2 * a + c) * f:(2 * a + c + 1) * f] = k[dy, dx, 0] * s
-    bias = np.tile(beta - mean * s, 4).astype(np.float32)
+                    k3[di + 1, dj + 1, 2 * a2 + c2, (2 * a + c) * f:(2 * a + c + 1) * f] = k[dy, dx] * s
     n = face.input.shape[1]
     if n % 2:
         raise ValueError(f"face input {n}x{n}: space-to-depth needs an even size")
     h = n // 2
-    x_in = keras.Input(face.input.shape[1:], name=face.input.name if hasattr(face.input, "name") else "face")
+    x_in = keras.Input(face.input.shape[1:], name=getattr(face.input, "name", "face"))
     x = L.Reshape((h, 2, h, 2), name="face_s2d_split")(x_in)
     x = L.Permute((1, 3, 2, 4), name="face_s2d_permute")(x)
     x = L.Reshape((h, h, 4), name="face_s2d")(x)
@@ -180,24 +206,49 @@ def face_stem_s2d(face, conv: str = "face_conv1", bn: str = "face_bn1", pool: st
     x = L.Reshape((h * h, 4, f), name="face_stem_groups")(x)
     x = L.MaxPooling2D((1, 4), name="face_stem_max")(x)
     x = L.Reshape((h, h, f), name="face_stem_out")(x)
-    names = [lay.name for lay in face.layers]
-    later = []
-    for lay in face.layers[names.index(pool) + 1:]:    # fresh copies: a reused layer's ``.output`` would be
-        new = lay.__class__.from_config(lay.get_config())  # its first call, in the original graph
-        x = new(x)
-        later.append((new, lay))
-    out = keras.Model(x_in, x, name=face.name)
-    stem.set_weights([k3, bias])
-    for new, lay in later:
-        new.set_weights(lay.get_weights())
+    out = _with_later_layers(face, x_in, x, pool, face.name)
+    stem.set_weights([k3, np.tile(shift, 4).astype(np.float32)])
     return out
 
 
-def rewritten(parts: dict) -> dict:
+def face_stem_cols(face, conv: str = "face_conv1", bn: str = "face_bn1", relu: str = "face_relu1",
+                   group: int = 2):
+    """The face CNN with its first conv3x3 (1 -> f) + BatchNorm on (n, n, 1) computed on (n, n / group, group):
+    each ``group`` neighbouring columns folded into channels (a reshape, no data movement), one conv3x3
+    (group -> group * f, BatchNorm folded) + ReLU, and a reshape back to (n, n, f). Every later layer, the
+    max-pool included, is reused as it is. Output column ``group * j + c`` is output channel group ``c`` at
+    folded column ``j``; its tap ``dx`` reads input column ``group * j + c + dx - 1``, i.e. folded column
+    ``j + dj``, channel ``c2``."""
+    import keras
+    from keras import layers as L
+    k, s, shift = _stem(face, conv, bn)
+    f, g = k.shape[-1], group
+    n = face.input.shape[2]
+    if n % g:
+        raise ValueError(f"face input width {n}: not a multiple of the column group {g}")
+    kg = np.zeros((3, 3, g, g * f), np.float32)
+    for c in range(g):
+        for dx in range(3):
+            dj, c2 = divmod(c + dx - 1, g)
+            kg[:, dj + 1, c2, c * f:(c + 1) * f] = k[:, dx] * s
+    x_in = keras.Input(face.input.shape[1:], name=getattr(face.input, "name", "face"))
+    x = L.Reshape((face.input.shape[1], n // g, g), name="face_cols_fold")(x_in)
+    stem = L.Conv2D(g * f, 3, padding="same", name="face_stem_conv")
+    x = L.ReLU(name="face_stem_relu")(stem(x))
+    x = L.Reshape((face.input.shape[1], n, f), name="face_stem_out")(x)
+    out = _with_later_layers(face, x_in, x, relu, face.name)
+    stem.set_weights([kg, np.tile(shift, g).astype(np.float32)])
+    return out
+
+
+def rewritten(parts: dict, face_stem: bool = False) -> dict:
     """``training.ship.shipped_parts`` with the rewrites the device graph uses: ``batched_bilstm`` (directions
-    merged). ``face_stem_s2d`` is not used: for the shipped 16-wide face CNN it was slower in int8 (its conv
-    does 4x the MACs of the 1-channel stem, which pays only at larger widths; graph_rewrites.json)."""
-    return parts | {"speech_head": batched_bilstm(parts["speech_head"])}
+    merged); with ``face_stem``, also ``face_stem_cols`` (column pairs). The device graph leaves the stem as
+    it is: the shipped 16-filter stem fills XNNPACK's tile already, so the fold gains nothing there
+    (graph_rewrites.json). It pays on an 8-filter stem (0.811 -> 0.743 ms for 5 faces, measured on an
+    8-32-32-64-64-128 model that was not shipped). ``face_stem_s2d`` is slower than both."""
+    new = parts | {"speech_head": batched_bilstm(parts["speech_head"])}
+    return new | {"face_model": face_stem_cols(parts["face_model"])} if face_stem else new
 
 
 # ------------------------------------------------------------------ measurement
@@ -266,6 +317,8 @@ def run(ship_dir: Path, runs: int, p=None) -> dict:
                     batched_bilstm(head, merge_directions=False), shape, runs, rng, scale=2.0),
             compare("batched_bilstm, directions merged (speech head)", head, batched_bilstm(head), shape, runs, rng,
                     scale=2.0),
+            compare(f"face_stem_cols (face CNN, {p.faces_per_patch} faces)", face, face_stem_cols(face),
+                    (p.faces_per_patch, p.face_size, p.face_size, 1), runs, rng),
             compare(f"face_stem_s2d (face CNN, {p.faces_per_patch} faces)", face, face_stem_s2d(face),
                     (p.faces_per_patch, p.face_size, p.face_size, 1), runs, rng)]
     return {"model": str(model_f), "runs": runs, "threads": 1, "machine": machine_info(), "rows": rows,

@@ -75,3 +75,15 @@ def test_rewrites_help_and_missing_ship_dir(tmp_path):
     r = subprocess.run([sys.executable, "-m", "export.rewrites", "--ship-dir", str(tmp_path), "--out", str(tmp_path)],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "shipped.keras not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_face_report_names_epochs_off_the_lr_schedule():
+    from training.face_cli import _ranges, face_markdown
+    assert _ranges([1, 2, 3, 7, 9, 10]) == "1-3, 7, 9-10" and _ranges([]) == ""
+    r = {"command": "edge-train face", "val_accuracy": 0.6, "val_accuracy_flip_tta": 0.61, "macro_recall": 0.5,
+         "params": 1, "epochs": 60, "best_epoch": 59, "train_minutes": 50.0, "machine": {"cpu_count": 2},
+         "seconds_per_epoch": 50.0, "quick": False, "complete": True, "planned_epochs": 60, "n_train": 10,
+         "n_val": 5, "selection": "best epoch", "emotions": ["neutral"], "per_class_recall": {"neutral": 0.5},
+         "predicted_calm": 0, "label_map": {}, "history": [], "recipe": {}, "lr_off_schedule_epochs": [1, 2, 3]}
+    assert "Epochs 1-3 ran under the cosine schedule of another total" in face_markdown(r)
+    assert "another total" not in face_markdown(r | {"lr_off_schedule_epochs": []})

@@ -55,22 +55,37 @@ def test_batched_bilstm_drops_per_step_projections_in_int8(speech_head):
     assert _ops(b) - _ops(m) >= 12 * 10 - 11 * 2 - 12 and len(m) < len(b)
 
 
-def test_face_stem_s2d_equals_conv_bn_relu_pool():
+@pytest.mark.parametrize("rewrite, stem_out", [("face_stem_s2d", "face_stem_out"), ("face_stem_cols", "face_pool1")])
+def test_face_stem_rewrites_equal_conv_bn_relu_pool(rewrite, stem_out):
     import keras
 
-    from export.rewrites import face_stem_s2d
+    import export.rewrites as rw
     from training.face import QUICK, build_face_model
     keras.utils.set_random_seed(0)
-    face = build_face_model(QUICK)
+    face = build_face_model(QUICK.replace(layers=(("conv", 8),) + QUICK.layers[1:]))    # the shipped stem width
     _randomize_bn(face, np.random.default_rng(2))
-    new = face_stem_s2d(face)
+    new = getattr(rw, rewrite)(face)
     assert "face_conv1" not in [la.name for la in new.layers]
     x = np.random.default_rng(3).random((5, 60, 60, 1)).astype(np.float32)
     np.testing.assert_allclose(new.predict(x, verbose=0), face.predict(x, verbose=0), atol=1e-5)
-    # the stem's own output equals the original first block's, pixel for pixel
+    # the stem's own pooled output equals the original first block's, pixel for pixel
     pool_ref = keras.Model(face.input, face.get_layer("face_pool1").output).predict(x, verbose=0)
-    pool_new = keras.Model(new.input, new.get_layer("face_stem_out").output).predict(x, verbose=0)
+    pool_new = keras.Model(new.input, new.get_layer(stem_out).output).predict(x, verbose=0)
     np.testing.assert_allclose(pool_new, pool_ref, atol=1e-5)
+
+
+def test_face_stem_cols_is_one_conv_on_folded_columns():
+    import keras
+
+    from export.rewrites import face_stem_cols
+    from training.face import QUICK, build_face_model
+    face = build_face_model(QUICK.replace(layers=(("conv", 8),) + QUICK.layers[1:]))
+    new = face_stem_cols(face, group=2)
+    conv = new.get_layer("face_stem_conv")
+    assert conv.input.shape[1:] == (60, 30, 2) and conv.output.shape[-1] == 16      # one full 16-filter tile
+    with pytest.raises(ValueError, match="not a multiple of the column group 7"):
+        face_stem_cols(face, group=7)
+    assert keras.Model(new.input, new.get_layer("face_stem_out").output).output.shape[1:] == (60, 60, 8)
 
 
 def test_face_stem_s2d_rejects_other_stems():

@@ -11,7 +11,7 @@ are upscaled with ``cv2.resize(..., INTER_LINEAR)``; the device's 60x60 crops
 an output unit but never a FER target). The hidden layer ``face_embedding`` is what the fusion
 model concatenates with ``speech_embedding``.
 
-Channel widths are sized for CPU training (2 cores): ~0.25 M parameters, ~45 M MACs a face.
+Channel widths are sized for CPU training (2 cores) and the int8 device graph: ~0.16 M parameters, ~29 M MACs a face.
 """
 from __future__ import annotations
 
@@ -37,7 +37,11 @@ class FaceRecipe:
     # Architecture as data: ("conv", filters) = 3x3 same conv -> BN -> ReLU; ("pool", 2) = 2x2 max-pool.
     # The shipped model's widths (16-32-32-64-64-128, 162k parameters). 20-wide scored a little more on
     # FER2013 (reports/face_sweep.md) but the face CNN is most of the int8 decision's time (5 faces a
-    # patch), and 20-wide kept the device graph under edge-bench's 5x-over-Keras target.
+    # patch). Its 60x60 stem is the costliest layer per MAC: XNNPACK's int8 conv works in tiles of 16
+    # filters x 8 input channels per 3x3 tap, so the 1-channel stem costs what an 8-channel, 16-filter
+    # conv does (0.13 ms for 5 faces: 2% of the CNN's MACs, 15% of its time), with 8 filters as with 16.
+    # An 8-filter stem (8-32-32-64-64-128, trained for 60 epochs) scored 62.97% here and saved only its
+    # second conv's half (~0.045 ms a decision), so it was not shipped (reports/face_arch_bench.json).
     layers: tuple[tuple[str, int], ...] = (
         ("conv", 16), ("pool", 2),                    # (60, 60, 16) -> (30, 30, 16)
         ("conv", 32), ("conv", 32), ("pool", 2),      # (30, 30, 32) -> (15, 15, 32)

@@ -79,7 +79,7 @@ def paper_layout(widths: str) -> tuple[tuple[str, int], ...]:
 
 def cmd_face(args: argparse.Namespace) -> int:
     from edge.params import Params
-    from training.face import QUICK, FaceRecipe, predict_probs, stratified_subset, to_model_input, train_face
+    from training.face import QUICK, FaceRecipe, lr_at, predict_probs, stratified_subset, to_model_input, train_face
     from training.fer2013 import FER_TO_RAVDESS, class_counts, load_split
     from training.paths import cache_dir, reports_dir, shared_root
     p = Params()
@@ -116,7 +116,10 @@ def cmd_face(args: argparse.Namespace) -> int:
     probs_tta = predict_probs(model, xv, tta_flip=True)
     result = evaluate(probs, probs_tta, yv, p)
     hist = state["history"]
+    sched = recipe.replace(epochs=planned)
+    off = [h["epoch"] for h in hist if not np.isclose(h["lr"], lr_at(h["epoch"] - 1, sched, p), rtol=1e-6, atol=0)]
     result.update({
+        "lr_off_schedule_epochs": off,    # epochs trained under another total (a run shortened or lengthened)
         "params": int(model.count_params()),
         "epochs": int(state["epochs_done"]),
         "best_epoch": int(state["best_epoch"]) + 1,
@@ -179,6 +182,17 @@ def write_reports(result: dict, out: Path, p) -> None:
     log.info("face reports written to %s", out)
 
 
+def _ranges(epochs: list[int]) -> str:
+    """[1, 2, 3, 7] -> '1-3, 7'."""
+    out, start = [], None
+    for i, e in enumerate(epochs):
+        start = e if start is None else start
+        if i + 1 == len(epochs) or epochs[i + 1] != e + 1:
+            out.append(f"{start}-{e}" if e > start else f"{e}")
+            start = None
+    return ", ".join(out)
+
+
 def face_markdown(r: dict) -> str:
     lines = ["# Face branch: FER2013 (trained here in place of RAVDESS video)", "",
              f"Command: `{r['command']}`", "",
@@ -190,6 +204,9 @@ def face_markdown(r: dict) -> str:
              + (" **Quick (reduced) run, not the headline model.**" if r["quick"] else "")
              + ("" if r.get("complete", True) else f" **Partial: {r['epochs']} of {r['planned_epochs']} planned "
                 f"epochs done; the training continues (rerun the command to resume).**"), "",
+             *([f"Epochs {_ranges(r['lr_off_schedule_epochs'])} ran under the cosine schedule of another total "
+                f"(the run was resumed with a different `--epochs`): their learning rates, in `history`, differ "
+                f"from a fresh {r['planned_epochs']}-epoch run's.", ""] if r.get("lr_off_schedule_epochs") else []),
              "Faces are **grey 60x60** (FER2013's 48x48 upscaled with cv2 INTER_LINEAR), pixel / 255.",
              f"{r['n_train']} train and {r['n_val']} validation faces. {r['selection']}.", "",
              "| emotion | recall |", "|---|---|"]

@@ -89,7 +89,9 @@ def results_table() -> str:
         rounds = be.get("speedup_rounds", [])
         how = f" (median of {len(rounds)} interleaved rounds, {min(r['ratio'] for r in rounds):.2f}-" \
               f"{max(r['ratio'] for r in rounds):.2f}x)" if rounds else ""
-        rows.append(f"| edge-bench, fused decision, 1 thread | int8 {m:.2f} ms (p50): "
+        py = (f", of which infer's Python side {1e3 * be['infer_python_ms_1thread']:.0f} us"
+              if "infer_python_ms_1thread" in be else "")
+        rows.append(f"| edge-bench, fused decision, 1 thread | int8 {m:.2f} ms (p50{py}): "
                     f"**{be['speedup_int8_vs_keras_1thread']:.2f}x** compiled Keras float{how}, "
                     f"{be['speedup_int8_vs_keras_eager_1thread']:.0f}x eager Keras; whole decision "
                     f"{be['stages']['whole_decision_int8']['1']['p50']:.1f} ms | – | {be['machine']['cpu']} "

@@ -3,6 +3,10 @@
     model = load_model("edge/models/mtcnn_pnet.tflite", backend="litert", threads=1)
     model = load_model("edge/models/av_emotion_int8.tflite", delegate="edgetpu")   # Coral: needs libedgetpu
     outputs = model.predict({"input": x})   # -> dict[str, np.ndarray]
+    x = model.encode_u8("faces", grey)      # uint8 pixels meaning grey / 255, in the input's own type
+
+``predict`` takes float arrays, or for a quantized input an array already of its integer type (e.g. from
+``encode_u8``), which is passed as it is.
 
 One backend, one file. Imports are lazy, with an actionable error when a runtime is missing.
 """
@@ -23,6 +27,8 @@ class Backend(Protocol):
     output_names: list[str]
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def encode_u8(self, name: str, u8: np.ndarray, full_scale: float = 255.0) -> np.ndarray: ...
 
 
 def load_model(path: str | Path, backend: str = "litert", threads: int = 1, **kwargs) -> Backend:

@@ -30,6 +30,13 @@ class OnnxModel:
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
+    def encode_u8(self, name: str, u8: np.ndarray, full_scale: float = 255.0) -> np.ndarray:
+        """``u8`` (uint8 pixels) as the float input ``u8 / full_scale``."""
+        u8 = np.asarray(u8)
+        if u8.dtype != np.uint8:
+            raise ValueError(f"{self.path}: encode_u8 needs uint8 pixels for input {name!r}, got {u8.dtype}")
+        return u8.astype(np.float32) / np.float32(full_scale)
+
     def predict(self, inputs: dict[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
         if isinstance(inputs, np.ndarray):
             inputs = {self.input_names[0]: inputs}
