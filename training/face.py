@@ -41,7 +41,7 @@ class FaceRecipe:
     # filters x 8 input channels per 3x3 tap, so the 1-channel stem costs what an 8-channel, 16-filter
     # conv does (0.13 ms for 5 faces: 2% of the CNN's MACs, 15% of its time), with 8 filters as with 16.
     # An 8-filter stem (8-32-32-64-64-128, trained for 60 epochs) scored 62.97% here and saved only its
-    # second conv's half (~0.045 ms a decision), so it was not shipped (reports/face_arch_bench.json).
+    # second conv's half (~0.045 ms a decision), so it was not shipped (reports/face_stem8/README.md).
     layers: tuple[tuple[str, int], ...] = (
         ("conv", 16), ("pool", 2),                    # (60, 60, 16) -> (30, 30, 16)
         ("conv", 32), ("conv", 32), ("pool", 2),      # (30, 30, 32) -> (15, 15, 32)
