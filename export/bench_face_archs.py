@@ -6,9 +6,10 @@
 The face CNN on the paper's 5 faces is most of a fused decision (its MACs and its time; reports/bench.json),
 so its int8 / float ratio sets edge-bench's speedup. XNNPACK's int8 kernels favour channel counts that
 are multiples of 16 and work on 8 input channels per 3x3 tap: the 1-channel 60x60 stem costs what an
-8-channel, 16-filter conv would, with 8 filters or 16 (the shipped 8-32-32-64-64-128 saves half of its
-second conv; export/rewrites.face_stem_cols would halve the stem too; rows here are plain models). Latency does not depend on the trained values, so untrained
-weights are enough to choose a width before spending a FER2013 training run on it. All rows come
+8-channel, 16-filter conv would, with 8 filters or 16. An 8-filter stem (8-32-32-64-64-128, measured,
+not shipped: reports/face_stem8/) saves half of the second conv; export/rewrites.face_stem_cols would
+halve its stem too (rows here are plain models). Latency does not depend on the trained values, so
+untrained weights are enough to choose a width before spending a FER2013 training run on it. All rows come
 from one process, one after another.
 """
 from __future__ import annotations

@@ -16,12 +16,13 @@ converter would store:
   a few microseconds more per step (the SPLIT and CONCATENATION); graph_rewrites.json has both forms.
 - ``face_stem_cols`` (measured; the device graph leaves it out, see :func:`rewritten`): the face CNN's
   first conv3x3 (1 -> f) + BatchNorm on 60x60x1 runs on 60x30x2 (each pair of neighbouring columns
-  folded into channels by a reshape) as one conv3x3 (2 -> 2f), whose output reshapes back to 60x60xf. XNNPACK's int8 convolution kernels on this
-  CPU work in tiles of 16 output channels by 8 input channels per 3x3 tap, so a 1-channel conv with 8
-  filters costs what an 8-channel conv with 16 filters does (measured on the 60x60 stem, 5 faces: 1 or 4
-  input channels cost the same, 8 or 16 filters the same, 32 filters twice that). Folding two columns
-  fills a tile's 16 output channels with half the pixels: the shipped 8-filter stem would take half
-  the time; a 16-filter stem gains nothing (its tile is full already).
+  folded into channels by a reshape) as one conv3x3 (2 -> 2f), whose output reshapes back to 60x60xf.
+  XNNPACK's int8 convolution kernels on this CPU work in tiles of 16 output channels by 8 input
+  channels per 3x3 tap, so a 1-channel conv with 8 filters costs what an 8-channel conv with 16
+  filters does (measured on the 60x60 stem, 5 faces: 1 or 4 input channels cost the same, 8 or 16
+  filters the same, 32 filters twice that). Folding two columns fills a tile's 16 output channels
+  with half the pixels: an 8-filter stem would take half the time; a 16-filter stem gains nothing
+  (its tile is full already).
 - ``face_stem_s2d``: the same idea with 2x2 blocks (space-to-depth, 60x60x1 -> 30x30x4, conv3x3
   (4 -> 4f), a max over the four f-channel groups for the 2x2 pool). It needs a transpose and 4x the
   MACs (27 of its 36 taps per output are zero); kept as a measured alternative (graph_rewrites.json).
