@@ -60,6 +60,7 @@ ABLATION = (
     ("freq-warp-0.1", "recipe + VTLP-like frequency warp of activation_3 by up to +-10% per training patch",
      dict(freq_warp=0.1)),
     ("freq-warp-0.2", "recipe + frequency warp up to +-20%", dict(freq_warp=0.2)),
+    ("label-smoothing-0.1", "recipe + label smoothing 0.1 on the cross-entropy", dict(label_smoothing=0.1)),
 )
 
 
