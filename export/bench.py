@@ -226,7 +226,6 @@ def bench(args) -> dict:
     st["whole_decision_int8"] = {"1": timeit(decision, args.runs, args.warmup)}
     # infer() against the graph alone (inputs already set), interleaved: the difference is infer's Python
     # side (picking and encoding the faces, quantising the patch, reading and dequantising three outputs)
-    m1.infer(lm, faces5)
     io = interleaved_ratio(lambda: m1.infer(lm, faces5), m1.backend.interpreter.invoke, 3, args.runs, args.warmup)
     res["infer_python_ms_1thread"] = float(np.median([r["slow_p50_ms"] - r["fast_p50_ms"] for r in io]))
     macs = graph_macs(model_path)

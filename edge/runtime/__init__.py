@@ -31,6 +31,14 @@ class Backend(Protocol):
     def encode_u8(self, name: str, u8: np.ndarray, full_scale: float = 255.0) -> np.ndarray: ...
 
 
+def as_u8(path: Path, name: str, u8: np.ndarray) -> np.ndarray:
+    """``u8`` as a uint8 array for every backend's ``encode_u8``, or a clear error naming the model and input."""
+    u8 = np.asarray(u8)
+    if u8.dtype != np.uint8:
+        raise ValueError(f"{path}: encode_u8 needs uint8 pixels for input {name!r}, got {u8.dtype}")
+    return u8
+
+
 def load_model(path: str | Path, backend: str = "litert", threads: int = 1, **kwargs) -> Backend:
     """Load a model file with the named backend (``litert`` for .tflite)."""
     path = Path(path)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.runtime import ModelError
+from edge.runtime import ModelError, as_u8
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +102,7 @@ class LiteRTModel:
         input; for a quantized one the very integers ``predict`` would make of that float (a 256-entry table
         built with the same arithmetic), without the float round trip. When the table is the identity up to
         the int8 offset (scale 1 / full_scale, zero point -128: the shipped faces input) it is one XOR."""
-        u8 = np.asarray(u8)
-        if u8.dtype != np.uint8:
-            raise ValueError(f"{self.path}: encode_u8 needs uint8 pixels for input {name!r}, got {u8.dtype}")
+        u8 = as_u8(self.path, name, u8)
         d = self.input_detail(name)
         if d["dtype"] not in (np.int8, np.uint8):
             return u8.astype(np.float32) / np.float32(full_scale)

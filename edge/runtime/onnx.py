@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.runtime import ModelError
+from edge.runtime import ModelError, as_u8
 
 
 class OnnxModel:
@@ -32,10 +32,7 @@ class OnnxModel:
 
     def encode_u8(self, name: str, u8: np.ndarray, full_scale: float = 255.0) -> np.ndarray:
         """``u8`` (uint8 pixels) as the float input ``u8 / full_scale``."""
-        u8 = np.asarray(u8)
-        if u8.dtype != np.uint8:
-            raise ValueError(f"{self.path}: encode_u8 needs uint8 pixels for input {name!r}, got {u8.dtype}")
-        return u8.astype(np.float32) / np.float32(full_scale)
+        return as_u8(self.path, name, u8).astype(np.float32) / np.float32(full_scale)
 
     def predict(self, inputs: dict[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
         if isinstance(inputs, np.ndarray):
