@@ -12,8 +12,12 @@ converter would store:
   directions also share each step's tensors: row 0 of a (1, 2, 4u) gate tensor is the forward step k,
   row 1 the backward step n - 1 - k, so one ADD / SPLIT / LOGISTIC / TANH / MUL serves both, and only
   ``h @ U`` stays per direction (two FULLY_CONNECTED, one SPLIT and one CONCATENATION a step). In int8
-  every tensor carries its own quantisation record: half the tensors is a markedly smaller file, for
-  a few microseconds more per step (the SPLIT and CONCATENATION); graph_rewrites.json has both forms.
+  every tensor carries its own quantisation record: half the tensors is a markedly smaller file.
+  The directions are cut apart and joined on the last axis only: TFLite's int8 STRIDED_SLICE of a
+  middle axis (``x[:, :, 0]`` of a (1, n, 2, 4u) tensor) takes ~15 us here against ~1 us for a
+  last-axis slice, and four of them made the merged form 50 us slower than the separate one. Step 0
+  (zero state) slices out only the gates it uses: an unused SPLIT output makes the int8 converter keep
+  that SPLIT in float. graph_rewrites.json has both forms.
 - ``face_stem_cols`` (measured; the device graph leaves it out, see :func:`rewritten`): the face CNN's
   first conv3x3 (1 -> f) + BatchNorm on 60x60x1 runs on 60x30x2 (each pair of neighbouring columns
   folded into channels by a reshape) as one conv3x3 (2 -> 2f), whose output reshapes back to 60x60xf.
@@ -76,9 +80,17 @@ def _unrolled_bilstm_layer():
 
         @staticmethod
         def _cell(z, c):
-            i, f, g, o = ops.split(z, 4, axis=-1)
-            i, f, g, o = ops.sigmoid(i), ops.sigmoid(f), ops.tanh(g), ops.sigmoid(o)
-            c = i * g if c is None else f * c + i * g
+            if c is None:
+                # step 0 (zero state) has no use for the forget gate: slicing out only i, g and o leaves no
+                # op output unused, which the int8 converter would otherwise keep in float (a DEQUANTIZE,
+                # float SPLIT and QUANTIZE island in the int8 graph)
+                u = z.shape[-1] // 4
+                i, g, o = ops.sigmoid(z[..., :u]), ops.tanh(z[..., 2 * u:3 * u]), ops.sigmoid(z[..., 3 * u:])
+                c = i * g
+            else:
+                i, f, g, o = ops.split(z, 4, axis=-1)
+                i, f, g, o = ops.sigmoid(i), ops.sigmoid(f), ops.tanh(g), ops.sigmoid(o)
+                c = f * c + i * g
             return o * ops.tanh(c), c
 
         def _direction(self, xw, recurrent, steps):
@@ -94,8 +106,9 @@ def _unrolled_bilstm_layer():
             """Both directions in one set of tensors: (b, 2, 4u) per step, row 0 forward at step k, row 1
             backward at step n - 1 - k; each direction keeps its own recurrent matrix."""
             u = self.units
-            xw = ops.reshape(xw, (-1, n, 2, 4 * u))
-            xs = ops.unstack(ops.stack([xw[:, :, 0], ops.flip(xw[:, :, 1], axis=1)], axis=2), axis=1)
+            # slices of the last axis only: TFLite's int8 STRIDED_SLICE of a middle axis of a 4-D tensor
+            # (``xw[:, :, 0]`` of (b, n, 2, 4u)) takes ~15 us here, the last-axis slice ~1 us
+            xs = ops.unstack(ops.stack([xw[:, :, :4 * u], ops.flip(xw[:, :, 4 * u:], axis=1)], axis=2), axis=1)
             h = c = None
             out = []
             for k in range(n):
@@ -107,8 +120,8 @@ def _unrolled_bilstm_layer():
                                                  ops.matmul(hb, self.b_recurrent)], axis=1)
                 h, c = self._cell(z, c)
                 out.append(h)
-            y = ops.stack(out, axis=1)                                                      # (b, n, 2, u)
-            return ops.concatenate([y[:, :, 0], ops.flip(y[:, :, 1], axis=1)], axis=-1)
+            y = ops.reshape(ops.stack(out, axis=1), (-1, n, 2 * u))                        # (b, n, [fw | bw])
+            return ops.concatenate([y[:, :, :u], ops.flip(y[:, :, u:], axis=1)], axis=-1)
 
         def call(self, x, mask=None, training=None, initial_state=None):
             if mask is not None or initial_state is not None:
@@ -118,7 +131,7 @@ def _unrolled_bilstm_layer():
             if self.merge_directions:
                 kernel = ops.concatenate([self.f_kernel, self.b_kernel], axis=1)
                 bias = ops.concatenate([self.f_bias, self.b_bias], axis=0)
-                return self._merged(ops.matmul(flat, kernel) + bias, n)
+                return self._merged(ops.reshape(ops.matmul(flat, kernel) + bias, (-1, n, 8 * self.units)), n)
             xf = ops.reshape(ops.matmul(flat, self.f_kernel) + self.f_bias, (-1, n, 4 * self.units))
             xb = ops.reshape(ops.matmul(flat, self.b_kernel) + self.b_bias, (-1, n, 4 * self.units))
             return ops.concatenate([self._direction(xf, self.f_recurrent, range(n)),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edge.model import DEFAULT_MODEL, EmotionModel
-from edge.runtime.litert import LiteRTModel, _quantize
+from edge.runtime.litert import LiteRTModel, _dequantization_table, _dequantize, _quantize
 
 pytestmark = pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason=f"no shipped model at {DEFAULT_MODEL}")
 
@@ -40,6 +40,26 @@ def test_encode_u8_table_path_for_another_quantization(model, monkeypatch):
 def test_encode_u8_rejects_other_types(model):
     with pytest.raises(ValueError, match="uint8 pixels for input 'faces'"):
         model.backend.encode_u8("faces", np.zeros((5, 60, 60), np.float32))
+
+
+@pytest.mark.parametrize("dtype, quant", [(np.int8, (0.00390625, -128)), (np.int8, (0.0371, 5)),
+                                          (np.uint8, (0.02, 131))])
+def test_dequantization_table_equals_dequantize_bit_for_bit(dtype, quant):
+    d = {"dtype": dtype, "quantization": quant}
+    codes = np.arange(256, dtype=np.uint8).view(dtype).reshape(4, 8, 8)
+    assert np.array_equal(_dequantization_table(d)[codes.view(np.uint8)], _dequantize(codes, d))
+    assert _dequantization_table({"dtype": np.float32, "quantization": (0.0, 0)}) is None
+
+
+def test_predict_outputs_are_the_dequantized_output_tensors(model):
+    b = model.backend
+    rng = np.random.default_rng(4)
+    out = b.predict({"log_mel": rng.normal(0, 2, (1, 96, 64)).astype(np.float32),
+                     "faces": b.encode_u8("faces", rng.integers(0, 256, (1, 5, 60, 60, 1), dtype=np.uint8))})
+    for d in b._outputs:
+        raw = b.interpreter.get_tensor(d["index"])
+        assert out[d["name"]].dtype == np.float32 and np.array_equal(out[d["name"]], _dequantize(raw, d))
+    assert np.allclose(out["fused"].sum(-1), 1, atol=0.05)       # int8 softmax codes: distributions
 
 
 def test_quantized_arrays_pass_through_predict(model):

@@ -49,6 +49,7 @@ def test_one_graph_builtin_ops_batch_one(exported):
     for name in ("tflite_int8", "tflite_float"):
         ops = graph_ops(targets[name]["path"])
         assert ops and not [o for o in ops if o.startswith("Flex") or o == "CUSTOM"], name
+    assert "DEQUANTIZE" not in graph_ops(targets["tflite_int8"]["path"])       # full-integer: no float island
     rep = edgetpu_report(targets["tflite_int8"]["path"])
     assert rep["n_ops"] > 0 and 0 < rep["mappable_fraction_by_table"] <= 1
 
