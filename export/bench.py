@@ -58,6 +58,25 @@ def interleaved_ratio(slow, fast, rounds: int, runs: int, warmup: int) -> list[d
     return out
 
 
+def ready_interpreter(model: bytes | str | Path, threads: int = 1, seed: int = 0):
+    """A LiteRT interpreter of ``model`` (.tflite bytes or path), allocated, with every input set to random values
+    of its type: ready to time ``.invoke`` (latency does not depend on the values)."""
+    from edge.runtime.litert import interpreter_class
+    Interpreter = interpreter_class()
+    kw = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
+    it = Interpreter(num_threads=threads, **kw)
+    it.allocate_tensors()
+    rng = np.random.default_rng(seed)
+    for d in it.get_input_details():
+        if np.issubdtype(d["dtype"], np.integer):
+            info = np.iinfo(d["dtype"])
+            x = rng.integers(info.min, int(info.max) + 1, d["shape"])
+        else:
+            x = rng.random(d["shape"])
+        it.set_tensor(d["index"], x.astype(d["dtype"]))
+    return it
+
+
 def machine_info() -> dict:
     cpu = platform.processor() or ""
     try:

@@ -31,8 +31,7 @@ def measure(widths: str, runs: int, p) -> dict:
     import keras
     import tensorflow as tf
 
-    from edge.runtime.litert import interpreter_class
-    from export.bench import graph_macs, timeit
+    from export.bench import graph_macs, ready_interpreter, timeit
     from export.convert import fixed_batch, int8_random_calibration
     from training.face import FaceRecipe, build_face_model
     from training.face_cli import paper_layout
@@ -45,11 +44,7 @@ def measure(widths: str, runs: int, p) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         f = Path(tmp) / "face.tflite"
         f.write_bytes(int8_random_calibration(model, x.shape, rng, samples=8))
-        it = interpreter_class()(str(f), num_threads=1)
-        it.allocate_tensors()
-        d = it.get_input_details()[0]
-        it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
-        int8_ms = timeit(it.invoke, runs, 20)["p50"]
+        int8_ms = timeit(ready_interpreter(f).invoke, runs, 20)["p50"]
         macs = graph_macs(f)
     fn = tf.function(lambda a: model(a, training=False))
     keras_ms = timeit(lambda: fn(x).numpy(), max(runs // 2, 20), 10)["p50"]

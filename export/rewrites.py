@@ -272,17 +272,6 @@ def _float(model) -> bytes:
     return tf.lite.TFLiteConverter.from_keras_model(model).convert()
 
 
-def _latency_ms(buf: bytes, runs: int) -> dict:
-    from ai_edge_litert.interpreter import Interpreter
-
-    from export.bench import timeit
-    it = Interpreter(model_content=buf, num_threads=1)
-    it.allocate_tensors()
-    d = it.get_input_details()[0]
-    it.set_tensor(d["index"], np.random.default_rng(0).integers(-128, 128, d["shape"]).astype(np.int8))
-    return timeit(it.invoke, runs, max(runs // 10, 5))
-
-
 def _ops(buf: bytes) -> int:
     from ai_edge_litert.interpreter import Interpreter
     return len(Interpreter(model_content=buf)._get_ops_details())
@@ -297,10 +286,10 @@ def compare(name: str, original, rewritten, shape: tuple[int, ...], runs: int, r
     q = {k: int8_random_calibration(m, shape, np.random.default_rng(1), scale)
          for k, m in (("original", a), ("rewritten", b))}
     fl = {k: len(_float(m)) for k, m in (("original", a), ("rewritten", b))}
-    lat = {k: [] for k in q}
-    for _ in range(3):                   # interleaved: both see the same machine state
-        for k in q:
-            lat[k].append(_latency_ms(q[k], runs)["p50"])
+    from export.bench import interleaved_ratio, ready_interpreter
+    its = {k: ready_interpreter(v) for k, v in q.items()}
+    rounds = interleaved_ratio(its["original"].invoke, its["rewritten"].invoke, 3, runs, max(runs // 10, 5))
+    lat = {"original": [r["slow_p50_ms"] for r in rounds], "rewritten": [r["fast_p50_ms"] for r in rounds]}
     row = {"rewrite": name, "input": list(shape), "float_max_abs_diff": diff,
            "int8_bytes": {k: len(v) for k, v in q.items()}, "float_bytes": fl,
            "int8_ops": {k: _ops(v) for k, v in q.items()},

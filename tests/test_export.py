@@ -5,6 +5,7 @@ and ONNX equal to the device graph in Keras, and the device wrapper on top."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,6 +107,18 @@ def test_device_wrapper_on_the_exported_graph(exported):
     with pytest.raises(ValueError, match="log-mel patch"):
         m.infer(np.zeros((10, 64)), None)
     assert graph_macs(targets["tflite_int8"]["path"]) > 50e6                        # the YAMNet trunk alone is more
+
+
+def test_ready_interpreter_sets_every_input_for_timing(exported):
+    from export.bench import ready_interpreter
+    _, targets, _, _ = exported
+    for name in ("tflite_int8", "tflite_float"):
+        path = Path(targets[name]["path"])
+        for it in (ready_interpreter(path), ready_interpreter(path.read_bytes())):
+            ins = it.get_input_details()
+            assert len(ins) == 2 and all(it.get_tensor(d["index"]).std() > 0 for d in ins), name   # not left zero
+            it.invoke()
+            assert all(np.isfinite(it.get_tensor(d["index"])).all() for d in it.get_output_details())
 
 
 # ------------------------------------------------------------------ export/prequant.py: the device graph

@@ -73,3 +73,23 @@ def test_pack_round_trip(tmp_path):
     assert np.array_equal(vx, want)                  # validation exact, train only close
     assert 0 < np.abs(tx.astype(int) - np.stack([faces[("train", c, i)] for c in ("happy", "sad")
                                                  for i in range(3)])).mean() < 4
+
+
+def test_run_one_trains_through_fit_epoch_and_cuts_to_budget(tmp_path):
+    """A sweep run trains with training.face.fit_epoch (train_face's epoch) and, past epoch 3, only as many
+    epochs as its budget fits (never fewer than done)."""
+    import cv2
+    import numpy as np
+    rng = np.random.default_rng(1)
+    root = tmp_path / "fer"
+    for split in ("train", "validation"):
+        for cls in ("happy", "sad", "angry"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(4):
+                cv2.imwrite(str(root / split / cls / f"{i}.png"), rng.integers(0, 256, (48, 48), dtype=np.uint8))
+    fs.pack(root, tmp_path / "fer.npz", quality=90, cache=tmp_path / "cache")
+    res = fs.run_one("w16_e88", tmp_path / "fer.npz", budget=1e-3, out=tmp_path)
+    assert res["epochs_planned"] == 88 and res["epochs_run"] == res["epochs_done"] == 3
+    assert [h["epoch"] for h in res["history"]] == [1, 2, 3] and all(np.isfinite(h["loss"]) for h in res["history"])
+    assert json.loads((tmp_path / "w16_e88.json").read_text())["epochs_done"] == 3
+    assert 0 <= res["best_val"] <= 1 and res["history"][0]["lr"] > 0

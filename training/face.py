@@ -231,6 +231,22 @@ def _tqdm_callback(total_batches: int, desc: str, enabled: bool):
     return Bar()
 
 
+def fit_epoch(model, train_x: np.ndarray, y_onehot: np.ndarray, recipe: FaceRecipe, epoch: int,
+              p: Params = Params(), callbacks: list | None = None) -> tuple[dict, float, float]:
+    """One epoch as every face run trains it: order and augmentation drawn from (seed, epoch), the learning
+    rate of the schedule. Returns (the epoch's Keras history, learning rate, seconds spent augmenting)."""
+    t0 = time.time()
+    rng = np.random.default_rng([recipe.seed, epoch])
+    order = rng.permutation(len(y_onehot))
+    x = augment(train_x[order], recipe, rng, p)                          # (n, 60, 60, 1)
+    t_aug = time.time() - t0
+    lr = lr_at(epoch, recipe, p)
+    model.optimizer.learning_rate.assign(lr)
+    h = model.fit(x, y_onehot[order], batch_size=recipe.batch_size, epochs=1, shuffle=False, verbose=0,
+                  callbacks=callbacks or [])
+    return h.history, lr, t_aug
+
+
 def train_face(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
                recipe: FaceRecipe, run_dir: Path, p: Params = Params(), resume: bool = True,
                progress: bool = True) -> dict:
@@ -263,21 +279,13 @@ def train_face(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_
     steps = math.ceil(len(train_y) / recipe.batch_size)
     for epoch in range(state["epochs_done"], recipe.epochs):
         t0, c0 = time.time(), time.process_time()
-        rng = np.random.default_rng([recipe.seed, epoch])
-        order = rng.permutation(len(train_y))
-        x = augment(train_x[order], recipe, rng, p)                      # (n, 60, 60, 1)
-        t_aug = time.time() - t0
-        lr = lr_at(epoch, recipe, p)
-        model.optimizer.learning_rate.assign(lr)
         bar = _tqdm_callback(steps, f"face epoch {epoch + 1}/{recipe.epochs}", progress)
-        h = model.fit(x, y_onehot[order], batch_size=recipe.batch_size, epochs=1, shuffle=False,
-                      verbose=0, callbacks=[bar])
-        del x
+        h, lr, t_aug = fit_epoch(model, train_x, y_onehot, recipe, epoch, p, [bar])
         t_fit = time.time() - t0 - t_aug
         val_acc = float(np.mean(predict_probs(model, xv).argmax(1) == val_y))
         sec = time.time() - t0
-        rec = {"epoch": epoch + 1, "lr": lr, "loss": float(h.history["loss"][-1]),
-               "accuracy": float(h.history["accuracy"][-1]), "val_accuracy": val_acc,
+        rec = {"epoch": epoch + 1, "lr": lr, "loss": float(h["loss"][-1]),
+               "accuracy": float(h["accuracy"][-1]), "val_accuracy": val_acc,
                "seconds": sec, "seconds_augment": t_aug, "seconds_fit": t_fit,
                "cpu_seconds": time.process_time() - c0}     # all threads: cpu_seconds / 2 ~ wall on 2 free cores
         state["history"].append(rec)

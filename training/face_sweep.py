@@ -89,7 +89,7 @@ def run_one(name: str, packed: Path, budget: float, out: Path) -> dict:
     import keras
 
     from edge.params import Params
-    from training.face import FaceRecipe, augment, build_face_model, compile_face_model, lr_at, to_model_input
+    from training.face import FaceRecipe, build_face_model, compile_face_model, fit_epoch, to_model_input
     from training.face_cli import paper_layout
     w, planned, over = RUNS[name]
     p = Params()
@@ -103,20 +103,15 @@ def run_one(name: str, packed: Path, budget: float, out: Path) -> dict:
     e = 0
     while e < recipe.epochs:
         t0 = time.time()
-        rng = np.random.default_rng([recipe.seed, e])
-        order = rng.permutation(len(ty))
-        x = augment(tx[order], recipe, rng, p)
-        lr = lr_at(e, recipe, p)
-        model.optimizer.learning_rate.assign(lr)
-        h = model.fit(x, yo[order], batch_size=recipe.batch_size, epochs=1, shuffle=False, verbose=0)
+        h, lr, _ = fit_epoch(model, tx, yo, recipe, e, p)
         pv = model.predict(xv, batch_size=512, verbose=0)
         acc = float(np.mean(pv.argmax(1) == vy))
         if acc > best[0]:
             best = (acc, e + 1)
             pt = 0.5 * (pv + model.predict(xv[:, :, ::-1], batch_size=512, verbose=0))
             best_tta = float(np.mean(pt.argmax(1) == vy))
-        hist.append({"epoch": e + 1, "lr": lr, "loss": float(h.history["loss"][-1]),
-                     "acc": float(h.history["accuracy"][-1]), "val": acc, "s": time.time() - t0})
+        hist.append({"epoch": e + 1, "lr": lr, "loss": float(h["loss"][-1]),
+                     "acc": float(h["accuracy"][-1]), "val": acc, "s": time.time() - t0})
         e += 1
         if e == 3:      # epoch 1 includes compilation: project from epochs 2-3
             n = epochs_that_fit(planned, e, float(np.median([r["s"] for r in hist[1:]])),
