@@ -10,7 +10,7 @@ are multiples of 16 and work on 8 input channels per 3x3 tap: the 1-channel 60x6
 not shipped: reports/face_stem8/) saves half of the second conv; export/rewrites.face_stem_cols would
 halve its stem too (rows here are plain models). Latency does not depend on the trained values, so
 untrained weights are enough to choose a width before spending a FER2013 training run on it. All rows come
-from one process, one after another.
+from one process, timed in 3 rounds over all widths (each row the median of its rounds).
 """
 from __future__ import annotations
 
@@ -27,11 +27,12 @@ log = logging.getLogger(__name__)
 DEFAULT_WIDTHS = ("8,32,32,64,64,128", "16,32,32,64,64,128", "20,40,40,80,80,160", "24,48,48,96,96,192", "32,64,64,128,128,256")
 
 
-def measure(widths: str, runs: int, p) -> dict:
+def build(widths: str, p) -> dict:
+    """The face CNN of ``widths`` (random weights) as an int8 interpreter and a compiled Keras call, ready to time."""
     import keras
     import tensorflow as tf
 
-    from export.bench import graph_macs, ready_interpreter, timeit
+    from export.bench import graph_macs, ready_interpreter
     from export.convert import fixed_batch, int8_random_calibration
     from training.face import FaceRecipe, build_face_model
     from training.face_cli import paper_layout
@@ -44,13 +45,29 @@ def measure(widths: str, runs: int, p) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         f = Path(tmp) / "face.tflite"
         f.write_bytes(int8_random_calibration(model, x.shape, rng, samples=8))
-        int8_ms = timeit(ready_interpreter(f).invoke, runs, 20)["p50"]
+        it = ready_interpreter(f)
         macs = graph_macs(f)
     fn = tf.function(lambda a: model(a, training=False))
-    keras_ms = timeit(lambda: fn(x).numpy(), max(runs // 2, 20), 10)["p50"]
     return {"widths": [int(v) for v in widths.split(",")], "params": int(face.count_params()),
-            "macs_5_faces": int(macs), "int8_ms_p50": int8_ms, "keras_compiled_ms_p50": keras_ms,
-            "ratio": keras_ms / int8_ms}
+            "macs_5_faces": int(macs), "int8": it.invoke, "keras": lambda: fn(x).numpy()}
+
+
+def measure(models: list[dict], runs: int, rounds: int = 3) -> list[dict]:
+    """Each model's int8 and Keras p50, in ``rounds`` rounds over all models (every row sees every machine
+    state the others see); per row the median of its rounds."""
+    from export.bench import timeit
+    t = {i: {"int8": [], "keras": []} for i in range(len(models))}
+    for _ in range(rounds):
+        for i, m in enumerate(models):
+            t[i]["int8"].append(timeit(m["int8"], runs, 20)["p50"])
+            t[i]["keras"].append(timeit(m["keras"], max(runs // 2, 20), 10)["p50"])
+    rows = []
+    for i, m in enumerate(models):
+        int8_ms, keras_ms = float(np.median(t[i]["int8"])), float(np.median(t[i]["keras"]))
+        rows.append({k: m[k] for k in ("widths", "params", "macs_5_faces")} |
+                    {"int8_ms_p50": int8_ms, "keras_compiled_ms_p50": keras_ms, "ratio": keras_ms / int8_ms,
+                     "int8_ms_p50_rounds": t[i]["int8"], "keras_compiled_ms_p50_rounds": t[i]["keras"]})
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
         from export.bench import machine_info
-        rows = [measure(w, args.runs, Params()) for w in (args.widths or DEFAULT_WIDTHS)]
+        rows = measure([build(w, Params()) for w in (args.widths or DEFAULT_WIDTHS)], args.runs)
         for r in rows:
             log.info("%s: %d params, int8 %.2f ms, Keras %.2f ms, %.2fx", r["widths"], r["params"],
                      r["int8_ms_p50"], r["keras_compiled_ms_p50"], r["ratio"])

@@ -40,28 +40,6 @@ def _recipe_overrides(pairs: list[str]) -> dict:
     return out
 
 
-# Ablation variants: (name, what changes vs the recipe, overrides). Each runs the same folds.
-ABLATION = (
-    ("naive", "no speaker normalisation, no augmentation (patch model + vote)",
-     dict(logmel_norm="none", feature_norm="global", time_masks=0, freq_masks=0, mixup_alpha=0.0, noise_std=0.0)),
-    ("no-speaker-norm", "recipe without per-actor normalisation (global standardisation only)",
-     dict(logmel_norm="none", feature_norm="global")),
-    ("clip-cmn", "per-clip log-mel mean removal instead of per-actor (device-friendly, no speaker stats)",
-     dict(logmel_norm="clip", feature_norm="global")),
-    ("no-augment", "recipe without SpecAugment, mixup and noise",
-     dict(time_masks=0, freq_masks=0, mixup_alpha=0.0, noise_std=0.0)),
-    ("recipe", "the chosen recipe (per-actor log-mel + feature norm, SpecAugment, mixup, 0.08 s crops)", dict()),
-    ("test-hop-0.24", "recipe, patches every 0.24 s at test (more votes)", dict(test_hop_frames=24)),
-    ("refit", "recipe, then retrain on all 18 training actors for the selected epoch count", dict(refit=True)),
-    ("ensemble-3", "recipe, 3 seeds (different validation actors and initialisations), probabilities averaged",
-     dict(seeds=(0, 1, 2))),
-    ("device-norm", "the shipped model's normalisation: per-speaker log-mel mean, global feature statistics",
-     dict(feature_norm="global")),
-    ("freq-warp-0.1", "recipe + VTLP-like frequency warp of activation_3 by up to +-10% per training patch",
-     dict(freq_warp=0.1)),
-    ("freq-warp-0.2", "recipe + frequency warp up to +-20%", dict(freq_warp=0.2)),
-    ("label-smoothing-0.1", "recipe + label smoothing 0.1 on the cross-entropy", dict(label_smoothing=0.1)),
-)
 
 
 def cmd_speech(args: argparse.Namespace) -> int:
@@ -96,17 +74,12 @@ def _load_ablation(out: Path) -> list[dict]:
 
 def run_ablation(args, recipe, p, out: Path, folds, cache, progress) -> int:
     """Run every ABLATION variant not yet in reports/speech_ablation.json (resumable)."""
-    from training.speech import SpeechRecipe
-    from training.speech_cv import prepare, run_cv
+    from training.speech_cv import ABLATION, prepare, recipe_as_run, run_cv
     done = {a["name"]: a for a in _load_ablation(out)}
     prep_cache: dict = {}
     for name, change, over in ABLATION:
         r = recipe.replace(**over)
-        now = json.loads(json.dumps(dataclasses.asdict(r)))
-        # a row measured before a recipe field existed ran with that field's default
-        then = {**json.loads(json.dumps(dataclasses.asdict(SpeechRecipe()))), **done[name]["recipe"]} \
-            if name in done else None
-        same_recipe = then == now
+        same_recipe = name in done and recipe_as_run(done[name]["recipe"]) == recipe_as_run(dataclasses.asdict(r))
         if same_recipe and done[name]["folds"] == json.loads(json.dumps(folds or "all")):
             log.info("ablation %s: cached (%.3f)", name, done[name]["mean_clip_accuracy"])
             continue

@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 
 # Speaker normalisation the device can reproduce online (edge/audio/norm.py): per-speaker log-mel
 # mean removal; activation_3 standardised with fixed (global) statistics baked into the graph.
-SHIP_RECIPE = SpeechRecipe(logmel_norm="actor", feature_norm="global")
+# the shipped release was trained before label smoothing joined the speech recipe: pinned here so that
+# `edge-train ship` reproduces it (--set label_smoothing=0.1 to train the next one with it)
+SHIP_RECIPE = SpeechRecipe(logmel_norm="actor", feature_norm="global", label_smoothing=0.0)
 
 
 def default_face_model() -> Path:

@@ -34,7 +34,7 @@ class SpeechRecipe:
     freq_masks: int = 1
     freq_mask_max: int = 3
     mixup_alpha: float = 0.2             # 0 disables
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.1         # 4-fold: 59.86% vs 57.92% without, every fold up (reports/speech.md)
     noise_std: float = 0.1               # gaussian noise on standardized features
     freq_warp: float = 0.0               # VTLP-like: activation_3's 16 frequency bins stretched by 1 +- this
     conv_filters: tuple[int, int] = (64, 64)

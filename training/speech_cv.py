@@ -147,6 +147,54 @@ def plot_confusion(cm: np.ndarray, labels: list[str], path: Path, title: str) ->
     plt.close(fig)
 
 
+# Ablation variants: (name, what changes vs the recipe, overrides). Each runs the same folds.
+ABLATION = (
+    ("naive", "no speaker normalisation, no augmentation (patch model + vote)",
+     dict(logmel_norm="none", feature_norm="global", time_masks=0, freq_masks=0, mixup_alpha=0.0, noise_std=0.0)),
+    ("no-speaker-norm", "recipe without per-actor normalisation (global standardisation only)",
+     dict(logmel_norm="none", feature_norm="global")),
+    ("clip-cmn", "per-clip log-mel mean removal instead of per-actor (device-friendly, no speaker stats)",
+     dict(logmel_norm="clip", feature_norm="global")),
+    ("no-augment", "recipe without SpecAugment, mixup and noise",
+     dict(time_masks=0, freq_masks=0, mixup_alpha=0.0, noise_std=0.0)),
+    ("recipe", "the chosen recipe (per-actor log-mel + feature norm, SpecAugment, mixup, 0.08 s crops, label "
+               "smoothing 0.1)", dict()),
+    ("test-hop-0.24", "recipe, patches every 0.24 s at test (more votes)", dict(test_hop_frames=24)),
+    ("refit", "recipe, then retrain on all 18 training actors for the selected epoch count", dict(refit=True)),
+    ("ensemble-3", "recipe, 3 seeds (different validation actors and initialisations), probabilities averaged",
+     dict(seeds=(0, 1, 2))),
+    ("device-norm", "the shipped model's normalisation: per-speaker log-mel mean, global feature statistics",
+     dict(feature_norm="global")),
+    ("freq-warp-0.1", "recipe + VTLP-like frequency warp of activation_3 by up to +-10% per training patch",
+     dict(freq_warp=0.1)),
+    ("freq-warp-0.2", "recipe + frequency warp up to +-20%", dict(freq_warp=0.2)),
+    ("no-label-smoothing", "recipe without label smoothing (the recipe until label smoothing 0.1 joined it)",
+     dict(label_smoothing=0.0)),
+)
+
+
+def recipe_as_run(stored: dict) -> dict:
+    """A recipe stored in a report as JSON values, with the fields it predates at their defaults (a row measured
+    before a recipe field existed ran with that field's default)."""
+    return {**json.loads(json.dumps(asdict(SpeechRecipe()))), **json.loads(json.dumps(stored))}
+
+
+def ablation_base(row: dict, rows: list[dict], current: dict) -> tuple[dict, dict | None]:
+    """What ``row`` of the ablation was measured against: (its fields that differ from ``current`` beyond its own
+    overrides, the row measured with that base recipe on the same folds or None). ``current``: the headline
+    recipe. A row run before the recipe changed has a non-empty first part."""
+    over = {n: o for n, _, o in ABLATION}.get(row["name"])
+    if over is None:
+        return {}, None
+    have = recipe_as_run(row["recipe"])
+    cur = recipe_as_run(current)
+    base = {**have, **{k: cur[k] for k in json.loads(json.dumps(over))}}
+    differs = {k: v for k, v in base.items() if cur.get(k) != v}
+    match = next((b for b in rows if b["name"] != row["name"] and b["folds"] == row["folds"]
+                  and recipe_as_run(b["recipe"]) == base), None)
+    return differs, match
+
+
 def write_reports(result: dict, out: Path, ablation: list[dict] | None = None, command: str = "") -> None:
     out.mkdir(parents=True, exist_ok=True)
     public = {k: v for k, v in result.items() if not k.startswith("_")}
@@ -186,11 +234,15 @@ def speech_markdown(r: dict, ablation: list[dict], command: str) -> str:
                   f"(folds {', '.join(f'{100 * a:.1f}' for a in sd['fold_clip_accuracy'])}).", ""]
     if ablation:
         lines += ["## Ablation", "", "`edge-train speech --ablation --folds 0,2` (resumable; rows in "
-                  "reports/speech_ablation.json). Each row changes one thing against the recipe.", "",
-                  "| variant | change | folds | mean clip acc | minutes |", "|---|---|---|---|---|"]
+                  "reports/speech_ablation.json). Each row changes one thing against the recipe it was measured "
+                  "with: the current one, or where the base column says so, an earlier one (the row's full recipe "
+                  "is in the json; the next `--ablation` run re-measures it).", "",
+                  "| variant | change | base | folds | mean clip acc | minutes |", "|---|---|---|---|---|---|"]
         for a in ablation:
-            lines.append(f"| {a['name']} | {a['change']} | {a['folds']} | {100 * a['mean_clip_accuracy']:.2f}% | "
-                         f"{a['minutes']:.1f} |")
+            differs, _ = ablation_base(a, ablation, r["recipe"])
+            base = "recipe" if not differs else "recipe with " + ", ".join(f"{k}={v}" for k, v in differs.items())
+            lines.append(f"| {a['name']} | {a['change']} | {base} | {a['folds']} | "
+                         f"{100 * a['mean_clip_accuracy']:.2f}% | {a['minutes']:.1f} |")
     lines += ["", "## What limits it", ""] + limits(r, ablation)
     lines += ["", "Recipe: `" + json.dumps(r["recipe"]) + "`", "", f"Folds (actors): {r['folds_map']}", ""]
     return "\n".join(lines)
@@ -219,9 +271,11 @@ def limits(r: dict, ablation: list[dict]) -> list[str]:
                f"patches on average, so a clip's vote has few voters (patch accuracy "
                f"{100 * r['mean_patch_accuracy']:.1f}% vs clip {100 * r['mean_clip_accuracy']:.1f}%).")
     rows = {a["name"]: a for a in ablation}
+    bases = {n: ablation_base(a, ablation, r["recipe"])[1] for n, a in rows.items()}
+    rows = {n: a for n, a in rows.items() if n == "recipe" or bases[n] is not None}
     if "recipe" in rows:
         def delta(name: str) -> str:
-            return f"{100 * (rows['recipe']['mean_clip_accuracy'] - rows[name]['mean_clip_accuracy']):+.1f}"
+            return f"{100 * (bases[name]['mean_clip_accuracy'] - rows[name]['mean_clip_accuracy']):+.1f}"
         named = [(n, t) for n, t in (("naive", "over the naive patch model"),
                                      ("no-speaker-norm", "from per-actor normalisation"),
                                      ("clip-cmn", "of per-actor over per-clip normalisation"),
@@ -229,14 +283,16 @@ def limits(r: dict, ablation: list[dict]) -> list[str]:
                                      ("test-hop-0.24", "vs. twice the votes at test"),
                                      ("refit", "vs. refitting on the validation actors"),
                                      ("ensemble-3", "vs. a 3-seed ensemble (3x the training time)"),
-                                     ("device-norm", "of per-actor feature statistics over the device's fixed ones"))
+                                     ("device-norm", "of per-actor feature statistics over the device's fixed ones"),
+                                     ("no-label-smoothing", "from label smoothing 0.1"))
                  if n in rows]
         text = "; ".join(f"{delta(n)} {t}" for n, t in named) + "."
         small = [n for n in ("no-augment", "test-hop-0.24", "refit") if n in rows and abs(float(delta(n))) < 2]
         if "no-speaker-norm" in rows and float(delta("no-speaker-norm")) > 3 and small:
             text += (" Speaker normalisation is the lever that matters; once speakers are normalised, "
                      + ", ".join(small) + " move the result by less than 2 points (within the fold noise).")
-        out.append("- **Levers** (recipe minus variant, points, on the ablation folds): " + text)
+        out.append("- **Levers** (the recipe a row was measured against minus the row, points, on the ablation "
+                   "folds): " + text)
     return out
 
 
