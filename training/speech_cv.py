@@ -188,7 +188,7 @@ def ablation_base(row: dict, rows: list[dict], current: dict) -> tuple[dict, dic
         return {}, None
     have = recipe_as_run(row["recipe"])
     cur = recipe_as_run(current)
-    base = {**have, **{k: cur[k] for k in json.loads(json.dumps(over))}}
+    base = {**have, **{k: cur[k] for k in over}}
     differs = {k: v for k, v in base.items() if cur.get(k) != v}
     match = next((b for b in rows if b["name"] != row["name"] and b["folds"] == row["folds"]
                   and recipe_as_run(b["recipe"]) == base), None)
