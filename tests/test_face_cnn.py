@@ -12,6 +12,7 @@ pytest.importorskip("keras")
 
 # ------------------------------------------------------------------ model
 
+
 @pytest.fixture(scope="module")
 def model():
     from training.face import build_face_model
@@ -65,6 +66,64 @@ def test_augment_without_jitter_equals_resize():
     assert np.abs(a - b).max() <= 1.5 / 255                                    # rounding only
     jit = augment(faces, FaceRecipe(), np.random.default_rng(0))
     assert jit.dtype == np.float32 and 0.0 <= jit.min() and jit.max() <= 1.0
+
+
+def test_label_smoothing_spreads_over_fer_classes_only():
+    from training.face import FaceRecipe, soft_targets
+    p = Params()
+    y = np.array([p.emotions.index("happy"), p.emotions.index("sad")])
+    t = soft_targets(y, FaceRecipe(label_smoothing=0.14), p)
+    calm = p.emotions.index("calm")
+    assert np.allclose(t.sum(1), 1) and np.all(t[:, calm] == 0)
+    assert t[0, y[0]] == pytest.approx(0.86 + 0.02) and t[0, p.emotions.index("angry")] == pytest.approx(0.02)
+    assert np.array_equal(soft_targets(y, FaceRecipe(), p), np.eye(p.num_classes, dtype=np.float32)[y])
+
+
+def test_mixup_pairs_within_batches_and_keeps_own_label_larger():
+    from training.face import mixup
+    rng = np.random.default_rng(0)
+    n, batch = 10, 4
+    x = np.arange(n, dtype=np.float32)[:, None, None, None] * np.ones((1, 2, 2, 1), np.float32)
+    y = np.eye(n, dtype=np.float32)
+    xm, ym = mixup(x, y, 0.4, batch, rng)
+    assert np.allclose(ym.sum(1), 1) and np.all(ym.argmax(1) == np.arange(n)) and np.all(ym.max(1) >= 0.5)
+    for i in range(n):                                   # the partner is in the same batch of 4 rows
+        j = [k for k in np.flatnonzero(ym[i] > 0) if k != i]
+        assert all(k // batch == i // batch for k in j)
+        lam = ym[i, i] if j else 1.0
+        assert np.allclose(xm[i], lam * i + (1 - lam) * (j[0] if j else i), atol=1e-5)
+
+
+def test_random_erase_changes_about_prob_of_faces_inside_one_rectangle():
+    from training.face import random_erase
+    rng = np.random.default_rng(0)
+    x = np.full((400, 60, 60, 1), 2.0, np.float32)       # 2.0: outside the noise's [0, 1)
+    out = random_erase(x.copy(), 0.5, rng)
+    hit = (out < 2).any(axis=(1, 2, 3))
+    assert 0.4 < hit.mean() < 0.6
+    for face in out[hit][:20, :, :, 0]:
+        rows, cols = np.flatnonzero((face < 2).any(1)), np.flatnonzero((face < 2).any(0))
+        box = face[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        assert np.all(box < 2) and 0.02 * 3600 * 0.5 <= box.size <= 0.2 * 3600 * 1.5
+    assert np.array_equal(random_erase(x.copy(), 0.0, rng), x)
+
+
+def test_optimiser_choice_and_recipe_key():
+    import dataclasses
+    import hashlib
+
+    from training.face import QUICK, FaceRecipe, build_face_model, compile_face_model, lr_at
+    r = FaceRecipe(optimizer="sgd", lr=0.01, epochs=10)
+    m = compile_face_model(build_face_model(QUICK), Params(), r)
+    assert type(m.optimizer).__name__ == "SGD" and m.optimizer.nesterov
+    assert lr_at(0, r) == pytest.approx(0.01) and lr_at(9, r) == pytest.approx(0.01 * r.lr_final_fraction)
+    with pytest.raises(ValueError, match="optimizer"):
+        compile_face_model(build_face_model(QUICK), Params(), FaceRecipe(optimizer="rmsprop"))
+    # levers at their defaults leave the key of runs made before they existed (their checkpoints resume)
+    d = {k: v for k, v in dataclasses.asdict(FaceRecipe()).items()
+         if k not in ("epochs", "label_smoothing", "mixup_alpha", "erase_prob", "optimizer", "lr")}
+    assert FaceRecipe().key() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+    assert FaceRecipe(mixup_alpha=0.2).key() != FaceRecipe().key()
 
 
 def test_vote_faces_majority_and_ties():

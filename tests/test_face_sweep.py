@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from edge.params import Params
 from training import face_sweep as fs
 
 
@@ -44,6 +45,29 @@ def test_report_merges_calls_and_names_best(tmp_path):
     assert "| 2 | 40,80,80,160,160,320 |" in md and "65.00%" in md and "66.00%" in md
 
 
+def test_report_continues_an_earlier_report_and_pairs_levers(tmp_path):
+    """A new call appends to the committed report (its calls kept, numbering on); a lever run is compared with
+    the plain run of its own call, widths and seed only."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    (a / "fer_sweep.json").write_text(json.dumps({"x": _run("x", 0.60)}))
+    first = fs.report([a], tmp_path / "rep")
+    w16 = {"widths": fs.WIDTHS[16]}
+    (b / "fer_sweep.json").write_text(json.dumps({
+        "p1": _run("p1", 0.64, **w16), "ls1": _run("ls1", 0.65, overrides={"label_smoothing": 0.1}, **w16),
+        "p2": _run("p2", 0.62, overrides={"seed": 2}, **w16),
+        "ls2": _run("ls2", 0.61, overrides={"label_smoothing": 0.1, "seed": 2}, **w16),
+        "mx": _run("mx", 0.70, overrides={"mixup_alpha": 0.2}, **w16)}))
+    doc = fs.report([tmp_path / "rep" / fs.REPORT_JSON, b], tmp_path / "rep")
+    assert first["runs"][0] == doc["runs"][0] and [r["call"] for r in doc["runs"]] == [1, 2, 2, 2, 2, 2]
+    eff = {e["lever"]: e for e in fs.lever_effects(doc["runs"])}
+    ls = eff['{"label_smoothing": 0.1}']
+    assert ls["pairs"] == ["ls1 vs p1", "ls2 vs p2"] and ls["mean_delta"] == pytest.approx(0.0)
+    assert eff['{"mixup_alpha": 0.2}']["deltas"] == [pytest.approx(0.06)]
+    md = (tmp_path / "rep" / fs.REPORT_MD).read_text()
+    assert "| 16,32,32,64,64,128 | `{\"label_smoothing\": 0.1}` | 2 | +1.00, -1.00 | +0.00 pt |" in md
+
+
 def test_report_rejects_failed_or_missing_runs(tmp_path):
     with pytest.raises(FileNotFoundError, match="fer_sweep.json"):
         fs.collect([tmp_path])
@@ -75,9 +99,10 @@ def test_pack_round_trip(tmp_path):
                                                  for i in range(3)])).mean() < 4
 
 
-def test_run_one_trains_through_fit_epoch_and_cuts_to_budget(tmp_path):
+@pytest.mark.parametrize("name", ["w16_e88", "w16_e88_all_sgd"])
+def test_run_one_trains_through_fit_epoch_and_cuts_to_budget(tmp_path, name):
     """A sweep run trains with training.face.fit_epoch (train_face's epoch) and, past epoch 3, only as many
-    epochs as its budget fits (never fewer than done)."""
+    epochs as its budget fits (never fewer than done); also with every lever on (smoothing, mixup, erasing, SGD)."""
     import cv2
     import numpy as np
     rng = np.random.default_rng(1)
@@ -88,8 +113,9 @@ def test_run_one_trains_through_fit_epoch_and_cuts_to_budget(tmp_path):
             for i in range(4):
                 cv2.imwrite(str(root / split / cls / f"{i}.png"), rng.integers(0, 256, (48, 48), dtype=np.uint8))
     fs.pack(root, tmp_path / "fer.npz", quality=90, cache=tmp_path / "cache")
-    res = fs.run_one("w16_e88", tmp_path / "fer.npz", budget=1e-3, out=tmp_path)
+    res = fs.run_one(name, tmp_path / "fer.npz", budget=1e-3, out=tmp_path)
     assert res["epochs_planned"] == 88 and res["epochs_run"] == res["epochs_done"] == 3
     assert [h["epoch"] for h in res["history"]] == [1, 2, 3] and all(np.isfinite(h["loss"]) for h in res["history"])
-    assert json.loads((tmp_path / "w16_e88.json").read_text())["epochs_done"] == 3
-    assert 0 <= res["best_val"] <= 1 and res["history"][0]["lr"] > 0
+    assert json.loads((tmp_path / f"{name}.json").read_text())["epochs_done"] == 3
+    assert 0 <= res["best_val"] <= 1
+    assert res["history"][0]["lr"] == pytest.approx(fs.RUNS[name][2].get("lr", Params().learning_rate))

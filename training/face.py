@@ -64,6 +64,12 @@ class FaceRecipe:
     train_limit: int = 0                 # >0: a stratified subset of this many train faces (quick runs)
     val_limit: int = 0                   # >0: a fixed stratified subset of validation faces
     seed: int = 1                        # the shipped run (seed 0 was a 30-epoch run of the same widths)
+    # levers measured in reports/face_sweep.md (off in the shipped run)
+    label_smoothing: float = 0.0         # cross-entropy against (1 - e) one-hot + e / 7 on FER's 7 classes
+    mixup_alpha: float = 0.0             # >0: mixup within each batch, lambda ~ Beta(a, a) per face
+    erase_prob: float = 0.0              # random erasing: this fraction of faces gets one grey-noise rectangle
+    optimizer: str = "adam"              # "adam", or "sgd" (Nesterov momentum 0.9)
+    lr: float = 0.0                      # peak learning rate; 0: Params.learning_rate (the paper's 1e-3)
 
     def replace(self, **kw) -> "FaceRecipe":
         return dataclasses.replace(self, **kw)
@@ -72,7 +78,13 @@ class FaceRecipe:
         import hashlib
         d = dataclasses.asdict(self)
         d.pop("epochs")                  # more epochs continue the same run
+        for k in _LEVERS:                # levers at their default: the key of runs made before they existed
+            if d[k] == _LEVERS[k]:
+                d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+_LEVERS = {"label_smoothing": 0.0, "mixup_alpha": 0.0, "erase_prob": 0.0, "optimizer": "adam", "lr": 0.0}
 
 
 # A reduced run for CI and tests: ~half the channel widths, a stratified 8000-face subset, 5 epochs,
@@ -112,18 +124,69 @@ def build_face_model(recipe: FaceRecipe = FaceRecipe(), p: Params = Params(), na
     return keras.Model(x_in, out, name=name)
 
 
-def compile_face_model(model, p: Params = Params()):
+def compile_face_model(model, p: Params = Params(), recipe: FaceRecipe = FaceRecipe()):
+    """Adam (the paper's optimiser) or Nesterov SGD, categorical cross-entropy with the recipe's label smoothing
+    spread over FER2013's 7 classes (calm has no FER face, so it never gets target mass)."""
     import keras
-    model.compile(optimizer=keras.optimizers.Adam(p.learning_rate),
-                  loss=keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
+    if recipe.optimizer == "adam":
+        opt = keras.optimizers.Adam(peak_lr(recipe, p))
+    elif recipe.optimizer == "sgd":
+        opt = keras.optimizers.SGD(peak_lr(recipe, p), momentum=0.9, nesterov=True)
+    else:
+        raise ValueError(f"FaceRecipe.optimizer must be 'adam' or 'sgd', got {recipe.optimizer!r}")
+    model.compile(optimizer=opt, loss=keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
     return model
 
 
+def peak_lr(recipe: FaceRecipe, p: Params = Params()) -> float:
+    return recipe.lr if recipe.lr > 0 else p.learning_rate
+
+
 def lr_at(epoch: int, recipe: FaceRecipe, p: Params = Params()) -> float:
-    """Cosine decay per epoch: Params.learning_rate at epoch 0 -> lr_final_fraction of it at the last."""
+    """Cosine decay per epoch: the peak rate at epoch 0 -> lr_final_fraction of it at the last."""
     t = epoch / max(recipe.epochs - 1, 1)
     f = recipe.lr_final_fraction + (1 - recipe.lr_final_fraction) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-    return p.learning_rate * f
+    return peak_lr(recipe, p) * f
+
+
+def soft_targets(y: np.ndarray, recipe: FaceRecipe, p: Params = Params()) -> np.ndarray:
+    """(n,) RAVDESS-index labels -> (n, 8) targets: one-hot, smoothed over the FER2013 classes (all but calm)."""
+    y1 = np.eye(p.num_classes, dtype=np.float32)[y]
+    e = recipe.label_smoothing
+    if e <= 0:
+        return y1
+    fer = np.array([c != "calm" for c in p.emotions], np.float32)
+    return (1 - e) * y1 + e * fer / fer.sum()
+
+
+def mixup(x: np.ndarray, y: np.ndarray, alpha: float, batch: int, rng: np.random.Generator):
+    """Mixup within each batch of ``batch`` consecutive rows: row i with a random row of its batch,
+    lambda ~ Beta(alpha, alpha) per row (folded to >= 0.5, so the row's own label stays the larger part)."""
+    n = len(x)
+    lam = rng.beta(alpha, alpha, n).astype(np.float32)
+    lam = np.maximum(lam, 1 - lam)
+    partner = np.empty(n, int)
+    for s in range(0, n, batch):
+        e = min(s + batch, n)
+        partner[s:e] = s + rng.permutation(e - s)
+    xm = lam[:, None, None, None] * x + (1 - lam[:, None, None, None]) * x[partner]
+    ym = lam[:, None] * y + (1 - lam[:, None]) * y[partner]
+    return xm.astype(np.float32), ym.astype(np.float32)
+
+
+def random_erase(x: np.ndarray, prob: float, rng: np.random.Generator,
+                 area: tuple[float, float] = (0.02, 0.2), aspect: tuple[float, float] = (0.3, 3.3)) -> np.ndarray:
+    """Random erasing (Zhong et al. 2020), in place on (n, h, w, 1) floats in [0, 1]: each face with
+    probability ``prob`` gets one rectangle of ``area`` (fraction of the face) and ``aspect`` filled with
+    uniform noise."""
+    n, h, w, _ = x.shape
+    for i in np.flatnonzero(rng.random(n) < prob):
+        a = rng.uniform(*area) * h * w
+        r = math.exp(rng.uniform(math.log(aspect[0]), math.log(aspect[1])))
+        eh, ew = min(h, max(1, round(math.sqrt(a * r)))), min(w, max(1, round(math.sqrt(a / r))))
+        t, left = rng.integers(0, h - eh + 1), rng.integers(0, w - ew + 1)
+        x[i, t:t + eh, left:left + ew, 0] = rng.random((eh, ew), dtype=np.float32)
+    return x
 
 
 # ------------------------------------------------------------------ data
@@ -239,10 +302,17 @@ def fit_epoch(model, train_x: np.ndarray, y_onehot: np.ndarray, recipe: FaceReci
     rng = np.random.default_rng([recipe.seed, epoch])
     order = rng.permutation(len(y_onehot))
     x = augment(train_x[order], recipe, rng, p)                          # (n, 60, 60, 1)
+    y = y_onehot[order]
+    if recipe.label_smoothing > 0:
+        y = soft_targets(y.argmax(1), recipe, p)
+    if recipe.erase_prob > 0:
+        x = random_erase(x, recipe.erase_prob, rng)
+    if recipe.mixup_alpha > 0:
+        x, y = mixup(x, y, recipe.mixup_alpha, recipe.batch_size, rng)
     t_aug = time.time() - t0
     lr = lr_at(epoch, recipe, p)
     model.optimizer.learning_rate.assign(lr)
-    h = model.fit(x, y_onehot[order], batch_size=recipe.batch_size, epochs=1, shuffle=False, verbose=0,
+    h = model.fit(x, y, batch_size=recipe.batch_size, epochs=1, shuffle=False, verbose=0,
                   callbacks=callbacks or [])
     return h.history, lr, t_aug
 
@@ -272,7 +342,7 @@ def train_face(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_
                  state["best_val_accuracy"], state["best_epoch"] + 1)
     else:
         keras.utils.set_random_seed(recipe.seed)
-        model = compile_face_model(build_face_model(recipe, p), p)
+        model = compile_face_model(build_face_model(recipe, p), p, recipe)
         log.info("new run %s: %d parameters", run_dir, model.count_params())
     y_onehot = np.eye(p.num_classes, dtype=np.float32)[train_y]          # (n, 8)
     xv = to_model_input(val_x, p)                                        # (n_val, 60, 60, 1)
