@@ -87,3 +87,14 @@ def test_face_report_names_epochs_off_the_lr_schedule():
          "predicted_calm": 0, "label_map": {}, "history": [], "recipe": {}, "lr_off_schedule_epochs": [1, 2, 3]}
     assert "Epochs 1-3 ran under the cosine schedule of another total" in face_markdown(r)
     assert "another total" not in face_markdown(r | {"lr_off_schedule_epochs": []})
+
+
+def test_recipe_overrides_parse_each_field_type():
+    from training.cli import _recipe_overrides
+    got = _recipe_overrides(["speed_perturb=0.9,1.1", "seeds=0,1,2", "refit=true", "epochs=5", "mixup_alpha=0.3",
+                             "logmel_norm=clip"])
+    assert got == {"speed_perturb": (0.9, 1.1), "seeds": (0, 1, 2), "refit": True, "epochs": 5,
+                   "mixup_alpha": 0.3, "logmel_norm": "clip"}
+    assert type(got["seeds"][0]) is int and type(got["speed_perturb"][0]) is float
+    with pytest.raises(SystemExit, match="key=value"):
+        _recipe_overrides(["epochs"])

@@ -67,6 +67,37 @@ def test_vote_majority_and_ties():
     assert ids.tolist() == [0, 1] and pred.tolist() == [0, 1]
 
 
+def test_speed_copies_train_with_their_actor_and_never_validate_or_test():
+    from training.speech import PSEUDO_SPEAKER, fold_clips
+    real = np.repeat(np.arange(1, 25), 3)                              # 3 clips per actor
+    clip_actor = np.concatenate([real, real + PSEUDO_SPEAKER, real + 2 * PSEUDO_SPEAKER])
+    test = list(Params().folds[0])
+    fit, val, tst, val_actors = fold_clips(clip_actor, test, 4, seed=3)
+    n = len(real)
+    assert np.all(val < n) and np.all(tst < n)                          # originals only
+    assert sorted(set(clip_actor[tst])) == test and sorted(set(clip_actor[val])) == val_actors
+    fit_real = set(clip_actor[fit] % PSEUDO_SPEAKER)
+    assert not fit_real & (set(test) | set(val_actors)) and len(fit_real) == 24 - 6 - 4
+    assert len(fit) == 3 * 3 * len(fit_real)                            # each fit clip with both copies
+    plain = fold_clips(real, test, 4, seed=3)                           # without copies: the same split
+    assert plain[3] == val_actors and np.array_equal(plain[0], fit[fit < n])
+
+
+def test_speed_perturbation_changes_tempo_and_is_cached_apart(ravdess_speech, tmp_path):
+    from training.ravdess import clip_features, index_speech
+    path = index_speech(ravdess_speech)[0][0].path
+    base = clip_features(path, Params(), tmp_path)
+    fast, slow = clip_features(path, Params(), tmp_path, 1.1), clip_features(path, Params(), tmp_path, 0.9)
+    assert fast.seconds_trimmed == pytest.approx(base.seconds_trimmed / 1.1, rel=1e-3)
+    assert slow.seconds_trimmed == pytest.approx(base.seconds_trimmed / 0.9, rel=1e-3)
+    assert fast.log_mel.shape[1] == 64 and not np.array_equal(fast.log_mel, base.log_mel)
+    assert len({d.name for d in tmp_path.iterdir()}) == 3              # one cache folder per speed
+    again = clip_features(path, Params(), tmp_path, 1.1)                # from the cache
+    assert np.array_equal(again.log_mel, fast.log_mel)
+    with pytest.raises(ValueError, match="speed"):
+        clip_features(path, Params(), None, 0.0)
+
+
 def test_validation_actors_come_from_training_actors():
     train = [a for a in range(1, 25) if a not in Params().folds[0]]
     val = choose_val_actors(train, 4, seed=3)

@@ -32,7 +32,7 @@ def _recipe_overrides(pairs: list[str]) -> dict:
             raise SystemExit(f"--set: unknown recipe field {k!r} (known: {', '.join(fields)})")
         default = getattr(SpeechRecipe(), k)
         if isinstance(default, tuple):
-            out[k] = tuple(int(x) for x in v.split(",") if x)
+            out[k] = tuple(int(x) if x.lstrip("-").isdigit() else float(x) for x in v.split(",") if x)
         elif isinstance(default, bool):
             out[k] = v.lower() in ("1", "true", "yes")
         else:

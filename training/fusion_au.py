@@ -31,7 +31,7 @@ from training.speech import (
     SpeechRecipe,
     Standardizer,
     build_head,
-    choose_val_actors,
+    fold_clips,
     mixup,
     spec_augment,
     vote,
@@ -143,11 +143,7 @@ def train_fold(prep: dict, au: np.ndarray, test_actors: list[int], r: SpeechReci
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
     train_ps, clip_actor = prep["train_ps"], prep["clip_actor"]
-    train_actors = [a for a in sorted(set(clip_actor.tolist())) if a not in test_actors]
-    val_actors = choose_val_actors(train_actors, r.val_actors, seed) if r.val_actors else []
-    fit_clips = np.flatnonzero(np.isin(clip_actor, [a for a in train_actors if a not in val_actors]))
-    val_clips = np.flatnonzero(np.isin(clip_actor, val_actors))
-    test_clips = np.flatnonzero(np.isin(clip_actor, test_actors))
+    fit_clips, val_clips, test_clips, val_actors = fold_clips(clip_actor, test_actors, r.val_actors, seed)
     std = Standardizer.fit(train_ps, clip_actor, fit_clips, r.feature_norm)
     au_z = _au_standardize(au, clip_actor, fit_clips, per_actor_au)
     model = build_fusion(r, au.shape[1], p)
@@ -186,11 +182,9 @@ def train_fold_frozen(prep: dict, au: np.ndarray, test_actors: list[int], r: Spe
     rng = np.random.default_rng(seed)
     train_ps, test_ps, labels, clip_actor = prep["train_ps"], prep["test_ps"], prep["labels"], prep["clip_actor"]
     sr = train_speech(train_ps, test_ps, labels, clip_actor, test_actors, r, p, seed, progress=False)
-    speech, std, val_actors = sr["model"], sr["standardizer"], sr["val_actors"]
-    train_actors = [a for a in sorted(set(clip_actor.tolist())) if a not in test_actors]
-    fit_clips = np.flatnonzero(np.isin(clip_actor, [a for a in train_actors if a not in val_actors]))
-    val_clips = np.flatnonzero(np.isin(clip_actor, val_actors))
-    test_clips = np.flatnonzero(np.isin(clip_actor, test_actors))
+    speech, std = sr["model"], sr["standardizer"]
+    fit_clips, val_clips, test_clips, val_actors = fold_clips(clip_actor, test_actors, r.val_actors, seed)
+    assert val_actors == sr["val_actors"], (val_actors, sr["val_actors"])    # the speech branch's own split
     au_z = _au_standardize(au, clip_actor, fit_clips, per_actor_au)
     au_model = train_au_branch(au_z, labels, fit_clips, val_clips, r, p, rng)
     au_alone = float(np.mean(au_model.predict(au_z[test_clips], verbose=0).argmax(1) == labels[test_clips]))
@@ -213,6 +207,7 @@ def run_cv(prep: dict, au_table: dict[str, np.ndarray], r: SpeechRecipe, p: Para
     if missing:
         raise ValueError(f"{len(missing)} speech clips have no action-unit row, e.g. {missing[:3]}")
     au = np.stack([au_table[c.name.clip_key] for c in prep["clips"]])
+    au = np.concatenate([au] * (len(prep["labels"]) // len(au)))     # speed-perturbed copies: the same face
     out = []
     for fi in tqdm(folds if folds is not None else range(len(p.folds)), desc="fusion-au folds", disable=not progress):
         res = (train_fold_frozen if frozen else train_fold)(prep, au, list(p.folds[fi]), r, p)

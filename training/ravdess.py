@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.audio.features import waveform_to_log_mel
-from edge.audio.io import AudioError, load_audio
+from edge.audio.io import AudioError, load_audio, resample
 from edge.audio.vad import SilenceError, trim_silence
 from edge.params import Params
 
@@ -138,15 +138,23 @@ class ClipFeatures:
     seconds_trimmed: float   # after VAD
 
 
-def clip_features(path: Path, p: Params, cache: Path | None = None) -> ClipFeatures:
-    """Load -> trim silence -> log-mel; cached on disk by front-end params + file content hash."""
+def clip_features(path: Path, p: Params, cache: Path | None = None, speed: float = 1.0) -> ClipFeatures:
+    """Load -> trim silence -> log-mel; cached on disk by front-end params + file content hash.
+
+    ``speed`` != 1: speed perturbation (Ko et al. 2015) of the trimmed speech before the log-mel: played
+    ``speed`` times faster, so tempo and pitch both scale by it (a resampling, as Kaldi's sox ``speed``)."""
+    if speed <= 0:
+        raise ValueError(f"speed must be > 0, got {speed}")
     if cache is not None:
-        f = cache / f"logmel_{p.frontend_key()}" / f"{file_hash(path)}.npz"
+        tag = "" if speed == 1.0 else f"_speed{speed:g}"
+        f = cache / f"logmel_{p.frontend_key()}{tag}" / f"{file_hash(path)}.npz"
         if f.is_file():
             with np.load(f) as z:
                 return ClipFeatures(z["log_mel"], float(z["seconds_in"]), float(z["seconds_trimmed"]))
     wave = load_audio(path, p)
     speech, _ = trim_silence(wave, p, source=str(path))
+    if speed != 1.0:
+        speech = resample(speech, round(p.sample_rate * speed), p.sample_rate)
     feats = ClipFeatures(waveform_to_log_mel(speech, p), len(wave) / p.sample_rate, len(speech) / p.sample_rate)
     if cache is not None:
         f.parent.mkdir(parents=True, exist_ok=True)
@@ -157,13 +165,14 @@ def clip_features(path: Path, p: Params, cache: Path | None = None) -> ClipFeatu
 
 
 def load_features(clips: list[Clip], p: Params = Params(), cache: Path | None = None,
-                  progress: bool = True) -> tuple[list[Clip], list[ClipFeatures], list[str]]:
+                  progress: bool = True, speed: float = 1.0) -> tuple[list[Clip], list[ClipFeatures], list[str]]:
     """Features of every clip; unreadable or silent clips are skipped, counted and returned."""
     from tqdm import tqdm
     kept, feats, skipped = [], [], []
-    for c in tqdm(clips, desc="log-mel", unit="clip", disable=not progress):
+    desc = "log-mel" if speed == 1.0 else f"log-mel (speed {speed:g})"
+    for c in tqdm(clips, desc=desc, unit="clip", disable=not progress):
         try:
-            feats.append(clip_features(c.path, p, cache))
+            feats.append(clip_features(c.path, p, cache, speed))
             kept.append(c)
         except (AudioError, SilenceError) as e:
             log.warning("skipped: %s", e)

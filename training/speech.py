@@ -47,6 +47,7 @@ class SpeechRecipe:
     test_hop_frames: int = 48            # Params.patch_hop_frames at evaluation (0.48 s)
     seeds: tuple[int, ...] = (0,)        # >1 seed: an ensemble whose probabilities are averaged
     refit: bool = False                  # after selection, retrain on fit + val actors for the best epoch count
+    speed_perturb: tuple[float, ...] = ()  # training copies of every clip at these speeds, each a new speaker
 
     def replace(self, **kw) -> "SpeechRecipe":
         return dataclasses.replace(self, **kw)
@@ -287,6 +288,26 @@ def clip_accuracy(model, ps: PatchSet, clips: np.ndarray, labels: np.ndarray, st
     return float(np.mean(pred == labels[ids])), patch_acc, ids, pred, probs
 
 
+PSEUDO_SPEAKER = 100     # a speed-perturbed copy of actor a's clips is speaker a + 100 k (k-th speed)
+
+
+def real_actor(clip_actor: np.ndarray) -> np.ndarray:
+    """The recorded actor of each clip (speed-perturbed copies map back to theirs)."""
+    return np.asarray(clip_actor) % PSEUDO_SPEAKER
+
+
+def fold_clips(clip_actor: np.ndarray, test_actors: list[int], n_val: int, seed: int = 0):
+    """(fit clips, validation clips, test clips, validation actors) of a fold. Validation actors are drawn
+    from the training actors; speed-perturbed copies (pseudo speakers) train with their actor's clips and
+    never validate or test."""
+    actor = real_actor(clip_actor)
+    train_actors = [a for a in sorted(set(actor.tolist())) if a not in test_actors]
+    val_actors = choose_val_actors(train_actors, n_val, seed) if n_val else []
+    fit_actors = [a for a in train_actors if a not in val_actors]
+    return (np.flatnonzero(np.isin(actor, fit_actors)), np.flatnonzero(np.isin(clip_actor, val_actors)),
+            np.flatnonzero(np.isin(clip_actor, test_actors)), val_actors)
+
+
 def train_fold(train_ps: PatchSet, test_ps: PatchSet, labels: np.ndarray, clip_actor: np.ndarray,
                test_actors: list[int], r: SpeechRecipe, p: Params = Params(), seed: int = 0,
                progress: bool = True) -> dict:
@@ -295,13 +316,7 @@ def train_fold(train_ps: PatchSet, test_ps: PatchSet, labels: np.ndarray, clip_a
     from tqdm import tqdm
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
-    all_actors = sorted(set(clip_actor.tolist()))
-    train_actors = [a for a in all_actors if a not in test_actors]
-    val_actors = choose_val_actors(train_actors, r.val_actors, seed) if r.val_actors else []
-    fit_actors = [a for a in train_actors if a not in val_actors]
-    fit_clips = np.flatnonzero(np.isin(clip_actor, fit_actors))
-    val_clips = np.flatnonzero(np.isin(clip_actor, val_actors))
-    test_clips = np.flatnonzero(np.isin(clip_actor, test_actors))
+    fit_clips, val_clips, test_clips, val_actors = fold_clips(clip_actor, test_actors, r.val_actors, seed)
     std = Standardizer.fit(train_ps, clip_actor, fit_clips, r.feature_norm)
     model = compile_head(build_head(r, p), r, p)
     selector, history = ModelSelector(r.patience, bool(len(val_clips))), []
@@ -319,7 +334,7 @@ def train_fold(train_ps: PatchSet, test_ps: PatchSet, labels: np.ndarray, clip_a
     if r.refit and len(val_clips):
         # the validation actors only chose the epoch count; now they train too (test actors never do)
         keras.utils.set_random_seed(seed + 1000)
-        all_clips = np.concatenate([fit_clips, val_clips])
+        all_clips = np.concatenate([fit_clips, np.flatnonzero(np.isin(real_actor(clip_actor), val_actors))])
         std = Standardizer.fit(train_ps, clip_actor, all_clips, r.feature_norm)
         model = compile_head(build_head(r, p), r, p)
         for _ in range(best_epoch):

@@ -17,7 +17,7 @@ import numpy as np
 
 from edge.params import Params
 from training.ravdess import index_speech, load_features
-from training.speech import SpeechRecipe, normalize_log_mel, train_fold, trunk_patches, vote
+from training.speech import PSEUDO_SPEAKER, SpeechRecipe, normalize_log_mel, train_fold, trunk_patches, vote
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +29,25 @@ def prepare(data: str | Path, yamnet: str, recipe: SpeechRecipe, p: Params = Par
     weights = load_weights(yamnet)                       # fail early on a bad weights path
     clips, skipped_names = index_speech(data)
     clips, feats, skipped_audio = load_features(clips, p, cache, progress)
+    n_real = len(clips)
     clip_actor = np.array([c.actor for c in clips])
     labels = np.array([c.label for c in clips])
-    mels = normalize_log_mel([f.log_mel for f in feats], clip_actor, recipe.logmel_norm)
+    mel_list = [f.log_mel for f in feats]
+    # speed-perturbed training copies: clip n_real k + i is clip i at the k-th speed, spoken by pseudo speaker
+    # actor + PSEUDO_SPEAKER k (normalised on its own statistics, as a new speaker would be)
+    for k, speed in enumerate(recipe.speed_perturb, 1):
+        kept, sf, bad = load_features(clips, p, cache, progress, speed=speed)
+        if len(kept) != n_real:
+            raise ValueError(f"speed {speed}: {len(bad)} clips failed that the originals passed: {bad[:3]}")
+        mel_list += [f.log_mel for f in sf]
+        clip_actor = np.concatenate([clip_actor, clip_actor[:n_real] + PSEUDO_SPEAKER * k])
+        labels = np.concatenate([labels, labels[:n_real]])
+    mels = normalize_log_mel(mel_list, clip_actor, recipe.logmel_norm)
     trunk = build_trunk(weights)
     train_ps = trunk_patches(trunk, mels, recipe.train_hop_frames, p, progress=progress)
     test_ps = train_ps if recipe.test_hop_frames == recipe.train_hop_frames else \
-        trunk_patches(trunk, mels, recipe.test_hop_frames, p, progress=progress)
-    return {"clips": clips, "feats": feats, "clip_actor": clip_actor, "labels": labels,
+        trunk_patches(trunk, mels[:n_real], recipe.test_hop_frames, p, progress=progress)
+    return {"clips": clips, "feats": feats, "clip_actor": clip_actor, "labels": labels, "n_real": n_real,
             "train_ps": train_ps, "test_ps": test_ps,
             "skipped": skipped_names + skipped_audio}
 
@@ -67,7 +78,8 @@ def run_cv(prep: dict, recipe: SpeechRecipe, p: Params = Params(), folds: list[i
         all_true.append(labels[ids])
         all_pred.append(pred)
     accs = [f["clip_accuracy"] for f in fold_results]
-    n_per_clip = np.bincount(test_ps.clip, minlength=len(labels))
+    n_real = prep.get("n_real", len(labels))
+    n_per_clip = np.bincount(test_ps.clip, minlength=n_real)[:n_real]
     trimmed = np.array([f.seconds_trimmed for f in prep["feats"]])
     original = np.array([f.seconds_in for f in prep["feats"]])
     from training.speech import build_head
@@ -82,7 +94,7 @@ def run_cv(prep: dict, recipe: SpeechRecipe, p: Params = Params(), folds: list[i
                              "max": int(n_per_clip.max()), "hop_seconds": recipe.test_hop_frames / 100},
         "vad": {"mean_seconds_in": float(original.mean()), "mean_seconds_trimmed": float(trimmed.mean()),
                 "mean_trimmed_fraction": float(1 - (trimmed / original).mean())},
-        "n_clips": int(len(labels)), "skipped": prep["skipped"],
+        "n_clips": int(n_real), "skipped": prep["skipped"],
         "recipe": asdict(recipe), "folds_map": [list(f) for f in p.folds],
         "emotions": list(p.emotions),
         "confusion": confusion(np.concatenate(all_true), np.concatenate(all_pred), p.num_classes).tolist(),
@@ -100,11 +112,13 @@ def speaker_dependent(prep: dict, recipe: SpeechRecipe, p: Params = Params(), n_
     from training.speech import Standardizer, build_head, clip_accuracy, compile_head, make_epoch
     labels, clip_actor = prep["labels"], prep["clip_actor"]
     rng = np.random.default_rng(0)
-    order = rng.permutation(len(labels))
+    n_real = prep.get("n_real", len(labels))
+    order = rng.permutation(n_real)
     accs = []
     for k in range(eval_folds):
         test = np.sort(order[k::n_folds])
-        train = np.setdiff1d(np.arange(len(labels)), test)
+        train = np.setdiff1d(np.arange(n_real), test)
+        train = np.concatenate([train + n_real * j for j in range(len(labels) // n_real)])   # with their copies
         keras.utils.set_random_seed(k)
         std = Standardizer.fit(prep["train_ps"], clip_actor, train, recipe.feature_norm)
         model = compile_head(build_head(recipe, p), recipe, p)
