@@ -44,3 +44,16 @@ def test_rows_of_an_earlier_recipe_are_labelled_and_compared_with_their_own_base
     # naive against its own base (0.58), not the current recipe (0.61); label smoothing against the recipe
     assert "+8.0 over the naive patch model" in md and "+6.0 from augmentation" in md
     assert "+3.0 from label smoothing 0.1" in md
+
+
+def test_a_row_stored_before_a_field_existed_ran_with_that_lever_off():
+    """A field added later (speed perturbation) is absent from older rows: they ran without it, whatever the
+    field's default is now."""
+    from training.speech_cv import FIELDS_ADDED_OFF, recipe_as_run
+    old = dataclasses.asdict(SpeechRecipe())
+    for k in FIELDS_ADDED_OFF:
+        old.pop(k)
+    run = recipe_as_run(old)
+    assert run["speed_perturb"] == [] and run["freq_warp"] == 0.0 and run["refit"] is False and run["seeds"] == [0]
+    assert recipe_as_run({**old, "speed_perturb": [0.9, 1.1]})["speed_perturb"] == [0.9, 1.1]
+    assert set(FIELDS_ADDED_OFF) <= {f.name for f in dataclasses.fields(SpeechRecipe)}

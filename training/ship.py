@@ -33,9 +33,9 @@ log = logging.getLogger(__name__)
 
 # Speaker normalisation the device can reproduce online (edge/audio/norm.py): per-speaker log-mel
 # mean removal; activation_3 standardised with fixed (global) statistics baked into the graph.
-# the shipped release was trained before label smoothing joined the speech recipe: pinned here so that
-# `edge-train ship` reproduces it (--set label_smoothing=0.1 to train the next one with it)
-SHIP_RECIPE = SpeechRecipe(logmel_norm="actor", feature_norm="global", label_smoothing=0.0)
+# the shipped release was trained before label smoothing and speed perturbation joined the speech recipe: pinned
+# here so that `edge-train ship` reproduces it (--set label_smoothing=0.1 to train the next one with it)
+SHIP_RECIPE = SpeechRecipe(logmel_norm="actor", feature_norm="global", label_smoothing=0.0, speed_perturb=())
 
 
 def default_face_model() -> Path:
@@ -330,7 +330,8 @@ def train_release(prep: dict, face_model, ftr_emb: np.ndarray, fer_y: np.ndarray
     rng = np.random.default_rng(0)
     from edge.audio.features import patches_from_log_mel
     from training.speech import normalize_log_mel
-    mels = normalize_log_mel([f.log_mel for f in prep["feats"]], clip_actor, recipe.logmel_norm)
+    n = len(prep["feats"])                    # the recorded clips (speed-perturbed training copies come after)
+    mels = normalize_log_mel([f.log_mel for f in prep["feats"]], clip_actor[:n], recipe.logmel_norm)
     pick = rng.choice(len(mels), min(400, len(mels)), replace=False)
     pats = np.stack([patches_from_log_mel(mels[i], p)[0] for i in pick]).astype(np.float32)
     np.savez_compressed(out_dir / "calibration_speech.npz", log_mel=pats, label=labels[pick],

@@ -172,7 +172,7 @@ ABLATION = (
     ("no-augment", "recipe without SpecAugment, mixup and noise",
      dict(time_masks=0, freq_masks=0, mixup_alpha=0.0, noise_std=0.0)),
     ("recipe", "the chosen recipe (per-actor log-mel + feature norm, SpecAugment, mixup, 0.08 s crops, label "
-               "smoothing 0.1)", dict()),
+               "smoothing 0.1, speed perturbation 0.9/1.1)", dict()),
     ("test-hop-0.24", "recipe, patches every 0.24 s at test (more votes)", dict(test_hop_frames=24)),
     ("refit", "recipe, then retrain on all 18 training actors for the selected epoch count", dict(refit=True)),
     ("ensemble-3", "recipe, 3 seeds (different validation actors and initialisations), probabilities averaged",
@@ -184,13 +184,25 @@ ABLATION = (
     ("freq-warp-0.2", "recipe + frequency warp up to +-20%", dict(freq_warp=0.2)),
     ("no-label-smoothing", "recipe without label smoothing (the recipe until label smoothing 0.1 joined it)",
      dict(label_smoothing=0.0)),
+    ("no-speed-perturb", "recipe without speed perturbation (the recipe until speed perturbation joined it)",
+     dict(speed_perturb=())),
+    ("speed-perturb-4", "recipe with four training speeds (0.8, 0.9, 1.1, 1.2) instead of two",
+     dict(speed_perturb=(0.8, 0.9, 1.1, 1.2))),
+    ("no-speed-same-steps", "recipe without speed perturbation but 12 crops per clip an epoch: the same training "
+                            "steps as the recipe (whose copies triple an epoch)",
+     dict(speed_perturb=(), patches_per_clip=12)),
 )
 
 
+# recipe fields added after reports were first written -> the value runs made before them ran with (the lever off,
+# whatever the field's default is now)
+FIELDS_ADDED_OFF = {"freq_warp": 0.0, "refit": False, "seeds": [0], "speed_perturb": []}
+
+
 def recipe_as_run(stored: dict) -> dict:
-    """A recipe stored in a report as JSON values, with the fields it predates at their defaults (a row measured
-    before a recipe field existed ran with that field's default)."""
-    return {**json.loads(json.dumps(asdict(SpeechRecipe()))), **json.loads(json.dumps(stored))}
+    """A recipe stored in a report as JSON values, with the fields it predates as they were before they existed
+    (``FIELDS_ADDED_OFF``, else the field's default)."""
+    return {**json.loads(json.dumps(asdict(SpeechRecipe()))), **FIELDS_ADDED_OFF, **json.loads(json.dumps(stored))}
 
 
 def ablation_base(row: dict, rows: list[dict], current: dict) -> tuple[dict, dict | None]:
@@ -298,7 +310,10 @@ def limits(r: dict, ablation: list[dict]) -> list[str]:
                                      ("refit", "vs. refitting on the validation actors"),
                                      ("ensemble-3", "vs. a 3-seed ensemble (3x the training time)"),
                                      ("device-norm", "of per-actor feature statistics over the device's fixed ones"),
-                                     ("no-label-smoothing", "from label smoothing 0.1"))
+                                     ("no-label-smoothing", "from label smoothing 0.1"),
+                                     ("no-speed-perturb", "from speed perturbation (0.9, 1.1)"),
+                                     ("speed-perturb-4", "vs. four training speeds (0.8-1.2)"),
+                                     ("no-speed-same-steps", "from speed perturbation at equal training steps"))
                  if n in rows]
         text = "; ".join(f"{delta(n)} {t}" for n, t in named) + "."
         small = [n for n in ("no-augment", "test-hop-0.24", "refit") if n in rows and abs(float(delta(n))) < 2]
