@@ -115,3 +115,17 @@ def test_mixup_mixes_inputs_and_labels_alike():
     assert (my.max(1) >= 0.5 - 1e-6).all()                  # each sample keeps the larger share
     (same,), y2 = mixup([a], y, 0.0, rng)
     assert same is a and y2 is y
+
+
+def test_channel_stats_in_chunks_equal_one_pass(monkeypatch):
+    """Above ONE_SHOT_VALUES the statistics are summed in chunks (bounded memory): same values."""
+    import training.speech as sp
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(300, 4, 3, 5)) * rng.uniform(0.5, 3, 5) + rng.normal(size=5)).astype(np.float16)
+    rows = np.sort(rng.choice(300, 250, replace=False))
+    m1, s1 = sp.channel_stats(x, rows)
+    monkeypatch.setattr(sp, "ONE_SHOT_VALUES", 10)
+    m2, s2 = sp.channel_stats(x, rows, chunk=7)
+    np.testing.assert_allclose(m2, m1, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(s2, s1, rtol=1e-5)
+    assert m2.dtype == s2.dtype == np.float32 and m2.shape == (5,)

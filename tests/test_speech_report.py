@@ -57,3 +57,10 @@ def test_a_row_stored_before_a_field_existed_ran_with_that_lever_off():
     assert run["speed_perturb"] == [] and run["freq_warp"] == 0.0 and run["refit"] is False and run["seeds"] == [0]
     assert recipe_as_run({**old, "speed_perturb": [0.9, 1.1]})["speed_perturb"] == [0.9, 1.1]
     assert set(FIELDS_ADDED_OFF) <= {f.name for f in dataclasses.fields(SpeechRecipe)}
+
+
+def test_a_headline_run_older_than_the_recipe_is_flagged():
+    old = SpeechRecipe().replace(speed_perturb=())
+    md = speech_markdown(_headline(old), [], "edge-train speech")
+    assert "predates the current recipe" in md and "speed_perturb=[0.9, 1.1]" in md
+    assert "predates" not in speech_markdown(_headline(SpeechRecipe()), [], "edge-train speech")

@@ -146,6 +146,28 @@ def trunk_patches(trunk, log_mels: list[np.ndarray], hop_frames: int, p: Params 
     return PatchSet(out, np.concatenate(clip_ids), np.concatenate(offs))
 
 
+ONE_SHOT_VALUES = 1 << 28     # 1 GiB of float32: above this, channel statistics are accumulated in chunks
+
+
+def channel_stats(x: np.ndarray, rows: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std (+ 1e-3) of ``x[rows]`` over all other axes. Up to ``ONE_SHOT_VALUES`` values in
+    one float32 pass (what every report so far was computed with); above it, float64 sums over chunks of rows,
+    so memory stays bounded (speed-perturbed copies triple the training patches: one pass needed ~15 GB)."""
+    if rows.size * np.prod(x.shape[1:]) <= ONE_SHOT_VALUES:
+        v = x[rows].astype(np.float32)
+        return v.mean(axis=(0, 1, 2)), v.std(axis=(0, 1, 2)) + 1e-3
+    axes = tuple(range(x.ndim - 1))
+    n, s1, s2 = 0, np.zeros(x.shape[-1]), np.zeros(x.shape[-1])
+    for i in range(0, len(rows), chunk):
+        v = x[rows[i:i + chunk]].astype(np.float64)
+        n += v.size // x.shape[-1]
+        s1 += v.sum(axis=axes)
+        s2 += np.square(v).sum(axis=axes)
+    mean = s1 / n
+    std = np.sqrt(np.maximum(s2 / n - np.square(mean), 0.0))
+    return mean.astype(np.float32), (std + 1e-3).astype(np.float32)
+
+
 @dataclass
 class Standardizer:
     """Per-channel mean/std of activation_3, global or per actor."""
@@ -156,8 +178,7 @@ class Standardizer:
     def fit(cls, ps: PatchSet, clip_actor: np.ndarray, train_clips: np.ndarray, mode: str) -> "Standardizer":
         s = cls()
         def stats(rows: np.ndarray):
-            x = ps.x[rows].astype(np.float32)
-            return x.mean(axis=(0, 1, 2)), x.std(axis=(0, 1, 2)) + 1e-3
+            return channel_stats(ps.x, rows)
         s.mean["global"], s.std["global"] = stats(ps.of_clips(train_clips))
         if mode == "actor":
             for a in np.unique(clip_actor):

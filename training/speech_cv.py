@@ -205,6 +205,12 @@ def recipe_as_run(stored: dict) -> dict:
     return {**json.loads(json.dumps(asdict(SpeechRecipe()))), **FIELDS_ADDED_OFF, **json.loads(json.dumps(stored))}
 
 
+def current_recipe() -> dict:
+    """The recipe `edge-train speech` runs now (the ablation's reference: `--ablation` measures against it, even
+    when the headline run in speech_cv.json predates a change to it)."""
+    return json.loads(json.dumps(asdict(SpeechRecipe())))
+
+
 def ablation_base(row: dict, rows: list[dict], current: dict) -> tuple[dict, dict | None]:
     """What ``row`` of the ablation was measured against: (its fields that differ from ``current`` beyond its own
     overrides, the row measured with that base recipe on the same folds or None). ``current``: the headline
@@ -234,13 +240,25 @@ def write_reports(result: dict, out: Path, ablation: list[dict] | None = None, c
 
 
 
+def _stale_headline(r: dict) -> list[str]:
+    """A warning when the headline run predates the recipe the code runs now."""
+    have, cur = recipe_as_run(r["recipe"]), current_recipe()
+    differs = {k: v for k, v in cur.items() if have.get(k) != v}
+    if not differs:
+        return []
+    return [f"*This 4-fold run predates the current recipe, which differs in "
+            f"{', '.join(f'{k}={v}' for k, v in differs.items())} (it ran with "
+            f"{', '.join(f'{k}={have.get(k)}' for k in differs)}); the ablation's `recipe` row measures the current "
+            f"recipe on the ablation folds.*", ""]
+
+
 def speech_markdown(r: dict, ablation: list[dict], command: str) -> str:
     lines = ["# Speech branch: RAVDESS, actor-independent 4-fold CV", "",
              f"Command: `{command}`" if command else "", "",
              f"**Mean clip accuracy {100 * r['mean_clip_accuracy']:.2f}% ± {100 * r['std_clip_accuracy']:.2f}** "
              f"(paper: 72.22%), patch accuracy {100 * r['mean_patch_accuracy']:.2f}%, "
              f"head parameters {r['params']:,}, CV time {r['cv_minutes']:.1f} min on "
-             f"{r['machine']['cpu_count']} CPU cores.", "",
+             f"{r['machine']['cpu_count']} CPU cores.", "", *_stale_headline(r),
              "| test actors | val actors | clip acc | patch acc | test clips | best epochs |",
              "|---|---|---|---|---|---|"]
     for f in r["folds"]:
@@ -265,7 +283,7 @@ def speech_markdown(r: dict, ablation: list[dict], command: str) -> str:
                   "is in the json; the next `--ablation` run re-measures it).", "",
                   "| variant | change | base | folds | mean clip acc | minutes |", "|---|---|---|---|---|---|"]
         for a in ablation:
-            differs, _ = ablation_base(a, ablation, r["recipe"])
+            differs, _ = ablation_base(a, ablation, current_recipe())
             base = "recipe" if not differs else "recipe with " + ", ".join(f"{k}={v}" for k, v in differs.items())
             lines.append(f"| {a['name']} | {a['change']} | {base} | {a['folds']} | "
                          f"{100 * a['mean_clip_accuracy']:.2f}% | {a['minutes']:.1f} |")
@@ -297,7 +315,7 @@ def limits(r: dict, ablation: list[dict]) -> list[str]:
                f"patches on average, so a clip's vote has few voters (patch accuracy "
                f"{100 * r['mean_patch_accuracy']:.1f}% vs clip {100 * r['mean_clip_accuracy']:.1f}%).")
     rows = {a["name"]: a for a in ablation}
-    bases = {n: ablation_base(a, ablation, r["recipe"])[1] for n, a in rows.items()}
+    bases = {n: ablation_base(a, ablation, current_recipe())[1] for n, a in rows.items()}
     rows = {n: a for n, a in rows.items() if n == "recipe" or bases[n] is not None}
     if "recipe" in rows:
         def delta(name: str) -> str:
