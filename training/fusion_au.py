@@ -241,8 +241,16 @@ def markdown(res: dict, reports: Path) -> str:
               for f in res["folds"]]
     lines += [f"| **mean** | **{100 * res['fused']:.2f}%** | {100 * res['speech']:.2f}% | {100 * res['au']:.2f}% |", ""]
     speech = reports / "speech_cv.json"
-    if speech.is_file():
-        s = json.loads(speech.read_text())["mean_clip_accuracy"]
+    from training.speech_cv import recipe_as_run
+    sj = json.loads(speech.read_text()) if speech.is_file() else None
+    if sj is not None and recipe_as_run(sj["recipe"]) != recipe_as_run(res["recipe"]):
+        differs = {k: v for k, v in recipe_as_run(res["recipe"]).items() if recipe_as_run(sj["recipe"]).get(k) != v}
+        lines += [f"`reports/speech_cv.json` ({100 * sj['mean_clip_accuracy']:.2f}%) ran an earlier speech recipe "
+                  f"(this run: {', '.join(f'{k}={v}' for k, v in differs.items())}), so it is not compared here; "
+                  f"the fused head is **{100 * (res['fused'] - res['speech']):+.1f} points** above this run's own "
+                  f"speech head.", ""]
+    elif sj is not None:
+        s = sj["mean_clip_accuracy"]
         lines += [f"Speech branch alone (`reports/speech_cv.json`): {100 * s:.2f}%; the fused head is "
                   f"**{100 * (res['fused'] - s):+.1f} points** above it. The speech head inside the fused graph "
                   f"scores {100 * (res['speech'] - s):+.1f} points against the standalone speech model.", ""]
