@@ -187,6 +187,11 @@ def collect(run_dirs: list[Path]) -> list[dict]:
     return rows
 
 
+def _lever(r: dict) -> dict:
+    """A run's overrides other than its seed (empty: a plain run)."""
+    return {k: v for k, v in (r.get("overrides") or {}).items() if k != "seed"}
+
+
 def lever_effects(rows: list[dict]) -> list[dict]:
     """Each run with overrides beside the plain run of the same call, widths and seed (overrides = at most the
     seed): the change in best validation accuracy, and per lever set the mean change over such pairs."""
@@ -194,7 +199,7 @@ def lever_effects(rows: list[dict]) -> list[dict]:
         return (r.get("overrides") or {}).get("seed")
 
     def plain(r):
-        return {k: v for k, v in (r.get("overrides") or {}).items() if k != "seed"} == {}
+        return not _lever(r)
 
     out: dict[str, dict] = {}
     for r in rows:
@@ -204,7 +209,7 @@ def lever_effects(rows: list[dict]) -> list[dict]:
                      and seed(b) == seed(r)), None)
         if base is None:
             continue
-        lever = json.dumps({k: v for k, v in r["overrides"].items() if k != "seed"}, sort_keys=True)
+        lever = json.dumps(_lever(r), sort_keys=True)
         e = out.setdefault(lever, {"lever": lever, "widths": r["widths"], "pairs": [], "deltas": []})
         e["pairs"].append(f"{r['name']} vs {base['name']}")
         e["deltas"].append(r["best_val"] - base["best_val"])
@@ -254,8 +259,7 @@ def render_md(rows: list[dict]) -> str:
             each = ", ".join(f"{100 * d:+.2f}" for d in e["deltas"])
             lines.append(f"| {e['widths']} | `{e['lever']}` | {len(e['deltas'])} | {each} | "
                          f"{100 * e['mean_delta']:+.2f} pt |")
-        seeds = [r["best_val"] for r in rows if r["widths"] == WIDTHS[16] and not
-                 {k: v for k, v in (r.get("overrides") or {}).items() if k != "seed"} and r["epochs_run"] >= 80]
+        seeds = [r["best_val"] for r in rows if r["widths"] == WIDTHS[16] and not _lever(r) and r["epochs_run"] >= 80]
         if len(seeds) > 1:
             lines += ["", f"Plain 16-wide runs of 80+ epochs (seeds and calls): {len(seeds)} runs, "
                           f"{100 * min(seeds):.2f}-{100 * max(seeds):.2f}% (spread {100 * (max(seeds) - min(seeds)):.2f} pt)."]

@@ -241,10 +241,10 @@ def markdown(res: dict, reports: Path) -> str:
               for f in res["folds"]]
     lines += [f"| **mean** | **{100 * res['fused']:.2f}%** | {100 * res['speech']:.2f}% | {100 * res['au']:.2f}% |", ""]
     speech = reports / "speech_cv.json"
-    from training.speech_cv import recipe_as_run
+    from training.speech_cv import recipe_changes
     sj = json.loads(speech.read_text()) if speech.is_file() else None
-    if sj is not None and recipe_as_run(sj["recipe"]) != recipe_as_run(res["recipe"]):
-        differs = {k: v for k, v in recipe_as_run(res["recipe"]).items() if recipe_as_run(sj["recipe"]).get(k) != v}
+    differs = recipe_changes(sj["recipe"], res["recipe"]) if sj is not None else {}
+    if differs:
         lines += [f"`reports/speech_cv.json` ({100 * sj['mean_clip_accuracy']:.2f}%) ran an earlier speech recipe "
                   f"(this run: {', '.join(f'{k}={v}' for k, v in differs.items())}), so it is not compared here; "
                   f"the fused head is **{100 * (res['fused'] - res['speech']):+.1f} points** above this run's own "

@@ -211,6 +211,12 @@ def current_recipe() -> dict:
     return json.loads(json.dumps(asdict(SpeechRecipe())))
 
 
+def recipe_changes(old: dict, new: dict) -> dict:
+    """Fields of stored recipe ``new`` that differ from stored recipe ``old`` (both read as run), with new's values."""
+    a, b = recipe_as_run(old), recipe_as_run(new)
+    return {k: v for k, v in b.items() if a.get(k) != v}
+
+
 def ablation_base(row: dict, rows: list[dict], current: dict) -> tuple[dict, dict | None]:
     """What ``row`` of the ablation was measured against: (its fields that differ from ``current`` beyond its own
     overrides, the row measured with that base recipe on the same folds or None). ``current``: the headline
@@ -221,7 +227,7 @@ def ablation_base(row: dict, rows: list[dict], current: dict) -> tuple[dict, dic
     have = recipe_as_run(row["recipe"])
     cur = recipe_as_run(current)
     base = {**have, **{k: cur[k] for k in over}}
-    differs = {k: v for k, v in base.items() if cur.get(k) != v}
+    differs = recipe_changes(cur, base)
     match = next((b for b in rows if b["name"] != row["name"] and b["folds"] == row["folds"]
                   and recipe_as_run(b["recipe"]) == base), None)
     return differs, match
@@ -242,8 +248,8 @@ def write_reports(result: dict, out: Path, ablation: list[dict] | None = None, c
 
 def _stale_headline(r: dict) -> list[str]:
     """A warning when the headline run predates the recipe the code runs now."""
-    have, cur = recipe_as_run(r["recipe"]), current_recipe()
-    differs = {k: v for k, v in cur.items() if have.get(k) != v}
+    have = recipe_as_run(r["recipe"])
+    differs = recipe_changes(have, current_recipe())
     if not differs:
         return []
     return [f"*This 4-fold run predates the current recipe, which differs in "
