@@ -30,6 +30,14 @@ def test_missing_data_folder(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+def test_ablation_rows_are_checked_before_any_work(tmp_path):
+    r = run("speech", "--ablation", "--rows", "recipe,no-such-row", "--out", str(tmp_path), "--no-cache")
+    assert r.returncode != 0 and "no ablation row no-such-row" in r.stderr and "test-speeds" in r.stderr
+    r = run("speech", "--rows", "recipe", "--out", str(tmp_path))
+    assert r.returncode != 0 and "needs --ablation" in r.stderr
+    assert not list(tmp_path.iterdir())                                  # nothing written
+
+
 def test_bad_yamnet_path(tmp_path):
     r = run("speech", "--yamnet", str(tmp_path / "y.tflite"), "--quiet", "--no-cache", "--folds", "0")
     assert r.returncode == 2 and "y.tflite" in r.stderr and "Traceback" not in r.stderr

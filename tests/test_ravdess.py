@@ -83,6 +83,21 @@ def test_speed_copies_train_with_their_actor_and_never_validate_or_test():
     assert plain[3] == val_actors and np.array_equal(plain[0], fit[fit < n])
 
 
+def test_test_time_copies_vote_for_their_recorded_clip():
+    from training.speech import PSEUDO_SPEAKER, SpeechRecipe, recorded_clip, with_test_copies
+    real = np.repeat(np.arange(1, 25), 3)
+    clip_actor = np.concatenate([real, real + PSEUDO_SPEAKER, real + 2 * PSEUDO_SPEAKER])   # speeds 0.9, 1.1
+    n = len(real)
+    tst = np.flatnonzero(clip_actor == 5)
+    r = SpeechRecipe(speed_perturb=(0.9, 1.1), test_speeds=(1.1,))
+    both = with_test_copies(tst, clip_actor, r)
+    assert both.tolist() == tst.tolist() + (tst + 2 * n).tolist()         # 1.1 is the second copy block
+    assert np.array_equal(recorded_clip(both, clip_actor), np.concatenate([tst, tst]))
+    assert np.array_equal(with_test_copies(tst, clip_actor, SpeechRecipe()), tst)    # off by default
+    with pytest.raises(ValueError, match="test_speeds"):
+        SpeechRecipe(speed_perturb=(0.9, 1.1), test_speeds=(0.8,))
+
+
 def test_speed_perturbation_changes_tempo_and_is_cached_apart(ravdess_speech, tmp_path):
     from training.ravdess import clip_features, index_speech
     path = index_speech(ravdess_speech)[0][0].path

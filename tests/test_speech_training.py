@@ -11,7 +11,8 @@ pytest.importorskip("keras")
 def reduced_run(ravdess_speech, yamnet_tflite, tmp_path_factory):
     from training.speech import SpeechRecipe
     from training.speech_cv import prepare, run_cv
-    recipe = SpeechRecipe(epochs=8, patches_per_clip=3, val_actors=2, patience=8, train_hop_frames=16)
+    recipe = SpeechRecipe(epochs=8, patches_per_clip=3, val_actors=2, patience=8, train_hop_frames=16,
+                          test_speeds=(0.9, 1.1))                  # test-time augmentation: paired figure too
     cache = tmp_path_factory.mktemp("cache")
     prep = prepare(ravdess_speech, str(yamnet_tflite), recipe, Params(), cache=cache, progress=False)
     return prep, run_cv(prep, recipe, Params(), folds=[0], progress=False)
@@ -23,6 +24,9 @@ def test_reduced_cv_learns_on_held_out_actors(reduced_run):
     assert fold["test_actors"] == [1, 2, 3, 4, 5, 6]
     assert fold["n_test_clips"] == 360
     assert fold["clip_accuracy"] >= 0.35, fold
+    assert fold["clip_accuracy_without_test_speeds"] >= 0.35, fold     # the same models, recorded clips only
+    recorded = prep["test_ps"].of_clips(np.flatnonzero(np.isin(prep["clip_actor"], fold["test_actors"]))).size
+    assert fold["n_test_patches"] > 2.5 * recorded                     # the 0.9x and 1.1x copies voted too
     assert not set(fold["val_actors"]) & set(fold["test_actors"])
     assert res["params"] <= 500_000
 

@@ -55,6 +55,8 @@ def cmd_speech(args: argparse.Namespace) -> int:
     progress = not args.quiet
     command = "edge-train " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("edge-train") else \
         "edge-train " + " ".join(args.argv)
+    if args.rows and not args.ablation:
+        raise SystemExit("edge-train speech: --rows selects ablation rows; it needs --ablation")
     if args.ablation:
         return run_ablation(args, recipe, p, out, folds, cache, progress)
     prep = prepare(args.data, args.yamnet, recipe, p, cache, progress)
@@ -77,14 +79,21 @@ def run_ablation(args, recipe, p, out: Path, folds, cache, progress) -> int:
     from training.speech_cv import ABLATION, prepare, recipe_as_run, run_cv
     done = {a["name"]: a for a in _load_ablation(out)}
     prep_cache: dict = {}
+    names = [n for n, _, _ in ABLATION]
+    only = args.rows.split(",") if getattr(args, "rows", None) else names
+    unknown = [n for n in only if n not in names]
+    if unknown:
+        raise SystemExit(f"edge-train speech --rows: no ablation row {', '.join(unknown)} (rows: {', '.join(names)})")
     for name, change, over in ABLATION:
+        if name not in only:
+            continue
         r = recipe.replace(**over)
         same_recipe = name in done and recipe_as_run(done[name]["recipe"]) == recipe_as_run(dataclasses.asdict(r))
         if same_recipe and done[name]["folds"] == json.loads(json.dumps(folds or "all")):
             log.info("ablation %s: cached (%.3f)", name, done[name]["mean_clip_accuracy"])
             continue
         t = time.time()
-        key = (r.logmel_norm, r.train_hop_frames, r.test_hop_frames)
+        key = (r.logmel_norm, r.train_hop_frames, r.test_hop_frames, r.speed_perturb, r.test_speeds)   # prepare()'s inputs
         if key not in prep_cache:
             prep_cache.clear()
             prep_cache[key] = prepare(args.data, args.yamnet, r, p, cache, progress)
@@ -210,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also measure the (optimistic) speaker-dependent random split, labelled as such")
     sp.add_argument("--ablation", action="store_true", help="run the ablation variants (resumable) into "
                     "reports/speech_ablation.json instead of the main CV")
+    sp.add_argument("--rows", metavar="NAME,...", help="with --ablation: only these rows (names in "
+                    "training/speech_cv.py ABLATION), each still skipped when already measured on these folds")
     sp.set_defaults(func=cmd_speech)
     fa = sub.add_parser("fusion-au", help="model-level fusion of speech + OpenFace action units, 4-fold CV",
                         description="Fuse the speech branch with a small action-unit branch (per-clip OpenFace "

@@ -50,6 +50,15 @@ class SpeechRecipe:
     # training copies of every clip played at these speeds (tempo and pitch), each copy a new speaker: folds 0,2
     # 64.58% vs 60.97% without, both folds up (reports/speech.md)
     speed_perturb: tuple[float, ...] = (0.9, 1.1)
+    # test-time augmentation: each test clip is also voted at these speeds (its copies, normalised as their pseudo
+    # speaker), the votes of all its patches pooled; a subset of speed_perturb, whose copies prepare() computes
+    test_speeds: tuple[float, ...] = ()
+
+    def __post_init__(self):
+        missing = [s for s in self.test_speeds if s not in self.speed_perturb]
+        if missing:
+            raise ValueError(f"test_speeds {missing} are not in speed_perturb {self.speed_perturb}: test copies are "
+                             "made only at the training speeds")
 
     def replace(self, **kw) -> "SpeechRecipe":
         return dataclasses.replace(self, **kw)
@@ -303,10 +312,12 @@ def make_epoch(ps: PatchSet, train_clips: np.ndarray, labels: np.ndarray, std: S
 
 def clip_accuracy(model, ps: PatchSet, clips: np.ndarray, labels: np.ndarray, std: Standardizer,
                   clip_actor: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray, np.ndarray]:
+    """(clip accuracy, patch accuracy, clip ids, their votes, patch probabilities). A speed copy among
+    ``clips`` votes for its recorded clip (test-time augmentation, see ``with_test_copies``)."""
     rows = ps.of_clips(clips)
     x = std.apply(ps.x[rows], clip_actor[ps.clip[rows]])
     probs = model.predict(x, batch_size=256, verbose=0)
-    ids, pred = vote(probs, ps.clip[rows])
+    ids, pred = vote(probs, recorded_clip(ps.clip[rows], clip_actor))
     patch_acc = float(np.mean(probs.argmax(1) == labels[ps.clip[rows]]))
     return float(np.mean(pred == labels[ids])), patch_acc, ids, pred, probs
 
@@ -317,6 +328,18 @@ PSEUDO_SPEAKER = 100     # a speed-perturbed copy of actor a's clips is speaker 
 def real_actor(clip_actor: np.ndarray) -> np.ndarray:
     """The recorded actor of each clip (speed-perturbed copies map back to theirs)."""
     return np.asarray(clip_actor) % PSEUDO_SPEAKER
+
+
+def recorded_clip(clip: np.ndarray, clip_actor: np.ndarray) -> np.ndarray:
+    """The recorded clip of each clip index: copy n_real k + i of prepare() is clip i."""
+    return np.asarray(clip) % int(np.sum(np.asarray(clip_actor) < PSEUDO_SPEAKER))
+
+
+def with_test_copies(clips: np.ndarray, clip_actor: np.ndarray, r: SpeechRecipe) -> np.ndarray:
+    """Recorded clips plus their copies at r.test_speeds (the k-th speed of r.speed_perturb is copy block k)."""
+    n_real = int(np.sum(np.asarray(clip_actor) < PSEUDO_SPEAKER))
+    blocks = [r.speed_perturb.index(s) + 1 for s in r.test_speeds]
+    return np.concatenate([clips] + [clips + n_real * k for k in blocks]) if blocks else clips
 
 
 def fold_clips(clip_actor: np.ndarray, test_actors: list[int], n_val: int, seed: int = 0):
@@ -366,10 +389,11 @@ def train_fold(train_ps: PatchSet, test_ps: PatchSet, labels: np.ndarray, clip_a
     if not len(test_clips):                       # a final model trained on every actor: nothing to test
         return {"model": model, "standardizer": std, "val_actors": val_actors, "best_epoch": best_epoch,
                 "val_clip_accuracy": best, "history": history}
-    acc, patch_acc, ids, pred, probs = clip_accuracy(model, test_ps, test_clips, labels, std, clip_actor)
+    eval_clips = with_test_copies(test_clips, clip_actor, r)
+    acc, patch_acc, ids, pred, probs = clip_accuracy(model, test_ps, eval_clips, labels, std, clip_actor)
     return {"model": model, "standardizer": std, "val_actors": val_actors, "best_epoch": best_epoch,
             "val_clip_accuracy": best, "history": history, "clip_accuracy": acc, "patch_accuracy": patch_acc,
-            "test_rows": test_ps.of_clips(test_clips), "probs": probs}
+            "test_rows": test_ps.of_clips(eval_clips), "probs": probs}
 
 
 def build_inference_model(weights, head, mean: np.ndarray, std: np.ndarray, batch_size: int | None = 1,

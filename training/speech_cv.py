@@ -17,7 +17,15 @@ import numpy as np
 
 from edge.params import Params
 from training.ravdess import index_speech, load_features
-from training.speech import PSEUDO_SPEAKER, SpeechRecipe, normalize_log_mel, train_fold, trunk_patches, vote
+from training.speech import (
+    PSEUDO_SPEAKER,
+    SpeechRecipe,
+    normalize_log_mel,
+    recorded_clip,
+    train_fold,
+    trunk_patches,
+    vote,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +54,8 @@ def prepare(data: str | Path, yamnet: str, recipe: SpeechRecipe, p: Params = Par
     trunk = build_trunk(weights)
     train_ps = trunk_patches(trunk, mels, recipe.train_hop_frames, p, progress=progress)
     test_ps = train_ps if recipe.test_hop_frames == recipe.train_hop_frames else \
-        trunk_patches(trunk, mels[:n_real], recipe.test_hop_frames, p, progress=progress)
+        trunk_patches(trunk, mels if recipe.test_speeds else mels[:n_real], recipe.test_hop_frames, p,
+                      progress=progress)
     return {"clips": clips, "feats": feats, "clip_actor": clip_actor, "labels": labels, "n_real": n_real,
             "train_ps": train_ps, "test_ps": test_ps,
             "skipped": skipped_names + skipped_audio}
@@ -65,7 +74,7 @@ def run_cv(prep: dict, recipe: SpeechRecipe, p: Params = Params(), folds: list[i
                 for seed in recipe.seeds]
         probs = np.mean([r["probs"] for r in runs], axis=0)           # ensemble of seeds
         rows = runs[0]["test_rows"]
-        ids, pred = vote(probs, test_ps.clip[rows])
+        ids, pred = vote(probs, recorded_clip(test_ps.clip[rows], clip_actor))
         acc = float(np.mean(pred == labels[ids]))
         fold = {"test_actors": test_actors, "val_actors": runs[0]["val_actors"], "clip_accuracy": acc,
                 "patch_accuracy": float(np.mean(probs.argmax(1) == labels[test_ps.clip[rows]])),
@@ -73,6 +82,10 @@ def run_cv(prep: dict, recipe: SpeechRecipe, p: Params = Params(), folds: list[i
                 "best_epochs": [r["best_epoch"] for r in runs],
                 "val_clip_accuracy": [r["val_clip_accuracy"] for r in runs],
                 "single_seed_clip_accuracy": [r["clip_accuracy"] for r in runs]}
+        if recipe.test_speeds:            # the same models without test-time augmentation: a paired figure
+            rec = test_ps.clip[rows] < prep.get("n_real", len(labels))
+            ids0, pred0 = vote(probs[rec], test_ps.clip[rows][rec])
+            fold["clip_accuracy_without_test_speeds"] = float(np.mean(pred0 == labels[ids0]))
         log.info("fold %s: clip %.3f patch %.3f", test_actors, acc, fold["patch_accuracy"])
         fold_results.append(fold)
         all_true.append(labels[ids])
@@ -109,7 +122,7 @@ def speaker_dependent(prep: dict, recipe: SpeechRecipe, p: Params = Params(), n_
     """Random clip-level 4-fold split (every actor in train and test): the optimistic, speaker-DEPENDENT figure."""
     import keras
 
-    from training.speech import Standardizer, build_head, clip_accuracy, compile_head, make_epoch
+    from training.speech import Standardizer, build_head, clip_accuracy, compile_head, make_epoch, with_test_copies
     labels, clip_actor = prep["labels"], prep["clip_actor"]
     rng = np.random.default_rng(0)
     n_real = prep.get("n_real", len(labels))
@@ -126,7 +139,8 @@ def speaker_dependent(prep: dict, recipe: SpeechRecipe, p: Params = Params(), n_
         for _ in range(recipe.epochs):
             x, y = make_epoch(prep["train_ps"], train, labels, std, clip_actor, recipe, erng, p.num_classes)
             model.fit(x, y, batch_size=recipe.batch_size, epochs=1, verbose=0)
-        accs.append(clip_accuracy(model, prep["test_ps"], test, labels, std, clip_actor)[0])
+        accs.append(clip_accuracy(model, prep["test_ps"], with_test_copies(test, clip_actor, recipe), labels, std,
+                                  clip_actor)[0])
         log.info("speaker-dependent fold %d: %.3f", k, accs[-1])
     return {"protocol": f"speaker-DEPENDENT random {n_folds}-fold split over clips (same actors in train and test), "
                         f"first {eval_folds} folds evaluated, fixed {recipe.epochs} epochs", "fold_clip_accuracy": accs,
@@ -191,12 +205,15 @@ ABLATION = (
     ("no-speed-same-steps", "recipe without speed perturbation but 12 crops per clip an epoch: the same training "
                             "steps as the recipe (whose copies triple an epoch)",
      dict(speed_perturb=(), patches_per_clip=12)),
+    ("test-speeds", "recipe + test-time augmentation: each test clip also voted at 0.9x and 1.1x (its speed copies, "
+                    "normalised as their pseudo speaker), all patches' votes pooled",
+     dict(test_speeds=(0.9, 1.1))),
 )
 
 
 # recipe fields added after reports were first written -> the value runs made before them ran with (the lever off,
 # whatever the field's default is now)
-FIELDS_ADDED_OFF = {"freq_warp": 0.0, "refit": False, "seeds": [0], "speed_perturb": []}
+FIELDS_ADDED_OFF = {"freq_warp": 0.0, "refit": False, "seeds": [0], "speed_perturb": [], "test_speeds": []}
 
 
 def recipe_as_run(stored: dict) -> dict:
