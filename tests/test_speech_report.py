@@ -64,3 +64,13 @@ def test_a_headline_run_older_than_the_recipe_is_flagged():
     md = speech_markdown(_headline(old), [], "edge-train speech")
     assert "predates the current recipe" in md and "speed_perturb=[0.9, 1.1]" in md
     assert "predates" not in speech_markdown(_headline(SpeechRecipe()), [], "edge-train speech")
+
+
+def test_a_test_time_augmentation_row_shows_its_paired_figure():
+    now = SpeechRecipe()
+    tta = _row("test-speeds", 0.66, now.replace(test_speeds=(0.9, 1.1)))
+    tta["mean_clip_accuracy_without_test_speeds"] = 0.64
+    md = speech_markdown(_headline(now), [_row("recipe", 0.64, now), tta], "")
+    row = next(ln for ln in md.splitlines() if ln.startswith("| test-speeds"))
+    assert "66.00% (64.00% from the same models without the test copies)" in row
+    assert "| recipe |" in row                                            # measured against the current recipe

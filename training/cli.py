@@ -102,6 +102,10 @@ def run_ablation(args, recipe, p, out: Path, folds, cache, progress) -> int:
                       "mean_clip_accuracy": res["mean_clip_accuracy"],
                       "fold_clip_accuracy": [f["clip_accuracy"] for f in res["folds"]],
                       "minutes": (time.time() - t) / 60}
+        if r.test_speeds:                 # the same models voting on the recorded clips alone: a paired figure
+            plain = [f["clip_accuracy_without_test_speeds"] for f in res["folds"]]
+            done[name].update(fold_clip_accuracy_without_test_speeds=plain,
+                              mean_clip_accuracy_without_test_speeds=float(sum(plain) / len(plain)))
         log.info("ablation %s: %.3f", name, res["mean_clip_accuracy"])
         out.mkdir(parents=True, exist_ok=True)
         order = [n for n, _, _ in ABLATION]

@@ -308,8 +308,10 @@ def speech_markdown(r: dict, ablation: list[dict], command: str) -> str:
         for a in ablation:
             differs, _ = ablation_base(a, ablation, current_recipe())
             base = "recipe" if not differs else "recipe with " + ", ".join(f"{k}={v}" for k, v in differs.items())
+            paired = (f" ({100 * a['mean_clip_accuracy_without_test_speeds']:.2f}% from the same models without the "
+                      "test copies)") if "mean_clip_accuracy_without_test_speeds" in a else ""
             lines.append(f"| {a['name']} | {a['change']} | {base} | {a['folds']} | "
-                         f"{100 * a['mean_clip_accuracy']:.2f}% | {a['minutes']:.1f} |")
+                         f"{100 * a['mean_clip_accuracy']:.2f}%{paired} | {a['minutes']:.1f} |")
     lines += ["", "## What limits it", ""] + limits(r, ablation)
     lines += ["", "Recipe: `" + json.dumps(r["recipe"]) + "`", "", f"Folds (actors): {r['folds_map']}", ""]
     return "\n".join(lines)
