@@ -144,3 +144,23 @@ def test_channel_stats_in_chunks_equal_one_pass(monkeypatch):
     np.testing.assert_allclose(m2, m1, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(s2, s1, rtol=1e-5)
     assert m2.dtype == s2.dtype == np.float32 and m2.shape == (5,)
+
+
+def test_pooled_speeds_draw_a_clips_crops_from_all_its_versions():
+    from training.speech import PSEUDO_SPEAKER, PatchSet, SpeechRecipe, Standardizer, make_epoch
+    real = np.repeat(np.arange(1, 25), 3)
+    clip_actor = np.concatenate([real, real + PSEUDO_SPEAKER, real + 2 * PSEUDO_SPEAKER])
+    n = len(real)
+    clip = np.repeat(np.arange(3 * n), 5)                                # 5 patches a clip and copy
+    x = np.broadcast_to(clip[:, None, None, None], (len(clip), 24, 16, 64)).astype(np.float16)  # x = its clip
+    ps = PatchSet(x, clip, np.zeros(len(clip), int))
+    train = np.flatnonzero(np.isin(clip_actor % PSEUDO_SPEAKER, [1, 2]))  # 6 recorded clips + 12 copies
+    labels = np.zeros(3 * n, int)
+    std = Standardizer.fit(ps, clip_actor, train, "global")
+    quiet = dict(time_masks=0, freq_masks=0, mixup_alpha=0.0, noise_std=0.0, patches_per_clip=4)
+    x, _ = make_epoch(ps, train, labels, std, clip_actor, SpeechRecipe(**quiet), np.random.default_rng(0), 8)
+    assert len(x) == 4 * 18                                              # 4 crops per version
+    x, _ = make_epoch(ps, train, labels, std, clip_actor, SpeechRecipe(**quiet, pool_speeds=True),
+                      np.random.default_rng(0), 8)
+    assert len(x) == 4 * 6                                               # 4 per recorded clip: no copies' steps
+    assert len(np.unique(x[:, 0, 0, 0])) > 6                             # drawn from the copies too

@@ -53,6 +53,9 @@ class SpeechRecipe:
     # test-time augmentation: each test clip is also voted at these speeds (its copies, normalised as their pseudo
     # speaker), the votes of all its patches pooled; a subset of speed_perturb, whose copies prepare() computes
     test_speeds: tuple[float, ...] = ()
+    # pool each clip's speed copies with it: patches_per_clip crops a recorded clip per epoch, drawn from all its
+    # versions (the epoch size and time of a run without copies), instead of patches_per_clip per version
+    pool_speeds: bool = False
 
     def __post_init__(self):
         missing = [s for s in self.test_speeds if s not in self.speed_perturb]
@@ -291,12 +294,22 @@ def choose_val_actors(train_actors: list[int], n: int, seed: int = 0) -> list[in
                                                                                  replace=False).tolist())
 
 
+def _crop_groups(train_clips: np.ndarray, clip_actor: np.ndarray, pool: bool) -> list[np.ndarray]:
+    """The clips each epoch draws its crops from together: one a clip, or (pool) a recorded clip with its copies."""
+    if not pool:
+        return [np.array([c]) for c in train_clips]
+    rec = recorded_clip(train_clips, clip_actor)
+    order = np.argsort(rec, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(rec[order]) != 0])
+    return np.split(np.asarray(train_clips)[order], starts[1:])
+
+
 def make_epoch(ps: PatchSet, train_clips: np.ndarray, labels: np.ndarray, std: Standardizer,
                clip_actor: np.ndarray, r: SpeechRecipe, rng: np.random.Generator, k: int):
     """Random crops (patches_per_clip per clip), standardized, augmented."""
     rows = []
-    for c in train_clips:
-        cand = np.flatnonzero(ps.clip == c)
+    for versions in _crop_groups(train_clips, clip_actor, r.pool_speeds):
+        cand = np.flatnonzero(ps.clip == versions[0]) if len(versions) == 1 else ps.of_clips(versions)
         rows.append(rng.choice(cand, min(r.patches_per_clip, len(cand)), replace=len(cand) < r.patches_per_clip))
     rows = np.concatenate(rows)
     rng.shuffle(rows)

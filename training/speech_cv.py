@@ -205,6 +205,8 @@ ABLATION = (
     ("no-speed-same-steps", "recipe without speed perturbation but 12 crops per clip an epoch: the same training "
                             "steps as the recipe (whose copies triple an epoch)",
      dict(speed_perturb=(), patches_per_clip=12)),
+    ("pooled-speeds", "recipe, but each clip's 4 crops an epoch drawn from it and its two speed copies together: "
+                      "the epoch size (and time) of a run without copies", dict(pool_speeds=True)),
     ("test-speeds", "recipe + test-time augmentation: each test clip also voted at 0.9x and 1.1x (its speed copies, "
                     "normalised as their pseudo speaker), all patches' votes pooled",
      dict(test_speeds=(0.9, 1.1))),
@@ -213,7 +215,8 @@ ABLATION = (
 
 # recipe fields added after reports were first written -> the value runs made before them ran with (the lever off,
 # whatever the field's default is now)
-FIELDS_ADDED_OFF = {"freq_warp": 0.0, "refit": False, "seeds": [0], "speed_perturb": [], "test_speeds": []}
+FIELDS_ADDED_OFF = {"freq_warp": 0.0, "refit": False, "seeds": [0], "speed_perturb": [], "test_speeds": [],
+                    "pool_speeds": False}
 
 
 def recipe_as_run(stored: dict) -> dict:
