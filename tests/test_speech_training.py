@@ -66,3 +66,34 @@ def test_freq_warp_stretches_the_frequency_axis():
     assert freq_warp(x, 0.0, np.random.default_rng(0)) is x
     y = freq_warp(x, 0.2, np.random.default_rng(1))
     assert y.shape == x.shape and y.min() >= x.min() - 1e-6 and y.max() <= x.max() + 1e-6
+
+
+def test_an_interrupted_cv_resumes_after_its_last_finished_fold(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import training.speech_cv as cv
+    from training.speech import PatchSet, SpeechRecipe
+    n = 24 * 2
+    prep = {"labels": np.arange(n) % 8, "clip_actor": np.repeat(np.arange(1, 25), 2), "n_real": n, "skipped": [],
+            "clips": [SimpleNamespace(path=f"Actor_{i // 2 + 1:02d}/clip{i}.flac") for i in range(n)],
+            "feats": [SimpleNamespace(seconds_in=3.0, seconds_trimmed=2.0)] * n,
+            "test_ps": PatchSet(np.zeros((n, 1), np.float16), np.arange(n), np.zeros(n, int))}
+    calls = []
+
+    def fake_fold(prep, recipe, p, fi, progress):
+        calls.append(fi)
+        if fi == 2 and len(calls) == 2:
+            raise KeyboardInterrupt                                      # the run is killed during fold 2
+        return {"fold": {"test_actors": list(p.folds[fi]), "clip_accuracy": 0.5 + fi / 10, "patch_accuracy": 0.4,
+                         "minutes": 1.0}, "true": [0, 1], "pred": [0, 0]}
+
+    monkeypatch.setattr(cv, "_run_fold", fake_fold)
+    recipe = SpeechRecipe(epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        cv.run_cv(prep, recipe, Params(), folds=[0, 2], checkpoints=tmp_path)
+    res = cv.run_cv(prep, recipe, Params(), folds=[0, 2], checkpoints=tmp_path)
+    assert calls == [0, 2, 2]                                            # fold 0 came from its checkpoint
+    assert [f["clip_accuracy"] for f in res["folds"]] == [0.5, 0.7] and res["cv_minutes"] == 2.0
+    cv.run_cv(prep, recipe.replace(epochs=4), Params(), folds=[0], checkpoints=tmp_path)
+    assert calls == [0, 2, 2, 0]                                         # another recipe: trained afresh
+    assert not list(tmp_path.rglob("*.tmp"))

@@ -60,13 +60,17 @@ def cmd_speech(args: argparse.Namespace) -> int:
     if args.ablation:
         return run_ablation(args, recipe, p, out, folds, cache, progress)
     prep = prepare(args.data, args.yamnet, recipe, p, cache, progress)
-    result = run_cv(prep, recipe, p, folds, progress)
+    checkpoints = cache / CHECKPOINTS if cache else None     # a killed run resumes after its last finished fold
+    result = run_cv(prep, recipe, p, folds, progress, checkpoints)
     if args.speaker_dependent:
-        result["speaker_dependent"] = speaker_dependent(prep, recipe, p, progress=progress)
+        result["speaker_dependent"] = speaker_dependent(prep, recipe, p, progress=progress, checkpoints=checkpoints)
     ablation = _load_ablation(out)
     write_reports(result, out, ablation, command)
     print(json.dumps({k: result[k] for k in ("mean_clip_accuracy", "std_clip_accuracy", "params", "cv_minutes")}))
     return 0
+
+
+CHECKPOINTS = "speech_cv_folds"       # under the feature cache: finished folds of speech runs, by recipe and data
 
 
 def _load_ablation(out: Path) -> list[dict]:
@@ -97,7 +101,7 @@ def run_ablation(args, recipe, p, out: Path, folds, cache, progress) -> int:
         if key not in prep_cache:
             prep_cache.clear()
             prep_cache[key] = prepare(args.data, args.yamnet, r, p, cache, progress)
-        res = run_cv(prep_cache[key], r, p, folds, progress)
+        res = run_cv(prep_cache[key], r, p, folds, progress, cache / CHECKPOINTS if cache else None)
         done[name] = {"name": name, "change": change, "folds": folds or "all", "recipe": dataclasses.asdict(r),
                       "mean_clip_accuracy": res["mean_clip_accuracy"],
                       "fold_clip_accuracy": [f["clip_accuracy"] for f in res["folds"]],

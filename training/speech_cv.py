@@ -6,6 +6,7 @@ writes reports/speech_cv.json, reports/speech_confusion.png and reports/speech.m
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import platform
@@ -61,35 +62,76 @@ def prepare(data: str | Path, yamnet: str, recipe: SpeechRecipe, p: Params = Par
             "skipped": skipped_names + skipped_audio}
 
 
-def run_cv(prep: dict, recipe: SpeechRecipe, p: Params = Params(), folds: list[int] | None = None,
-           progress: bool = True) -> dict:
-    """Run the folds (all by default); returns the speech_cv.json content."""
+def checkpoint_file(checkpoints: Path | None, prep: dict, recipe: SpeechRecipe, p: Params, kind: str,
+                    fold: int) -> Path | None:
+    """Where a finished fold of this run is kept: keyed by recipe, Params and the clips (names and labels), so an
+    interrupted run resumes at the first unfinished fold and any change starts afresh."""
+    if checkpoints is None:
+        return None
+    ident = json.dumps({"recipe": asdict(recipe), "params": asdict(p), "labels": np.asarray(prep["labels"]).tolist(),
+                        "clips": [Path(c.path).name for c in prep["clips"]]}, sort_keys=True, default=str)
+    return checkpoints / hashlib.sha256(ident.encode()).hexdigest()[:16] / f"{kind}_{fold}.json"
+
+
+def _load_checkpoint(f: Path | None) -> dict | None:
+    if f is None or not f.is_file():
+        return None
+    log.info("%s: finished earlier, read from the checkpoint", f)
+    return json.loads(f.read_text())
+
+
+def _save_checkpoint(f: Path | None, content: dict) -> None:
+    if f is None:
+        return
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_suffix(".tmp")
+    tmp.write_text(json.dumps(content))
+    tmp.replace(f)                         # atomic: a killed run never leaves half a fold
+
+
+def _run_fold(prep: dict, recipe: SpeechRecipe, p: Params, fi: int, progress: bool) -> dict:
+    """One fold (every seed of the recipe): its report row and the votes behind the confusion matrix."""
     t0 = time.time()
-    labels, clip_actor = prep["labels"], prep["clip_actor"]
+    labels, clip_actor, test_ps = prep["labels"], prep["clip_actor"], prep["test_ps"]
+    test_actors = list(p.folds[fi])
+    runs = [train_fold(prep["train_ps"], test_ps, labels, clip_actor, test_actors, recipe, p, seed, progress)
+            for seed in recipe.seeds]
+    probs = np.mean([r["probs"] for r in runs], axis=0)           # ensemble of seeds
+    rows = runs[0]["test_rows"]
+    ids, pred = vote(probs, recorded_clip(test_ps.clip[rows], clip_actor))
+    acc = float(np.mean(pred == labels[ids]))
+    fold = {"test_actors": test_actors, "val_actors": runs[0]["val_actors"], "clip_accuracy": acc,
+            "patch_accuracy": float(np.mean(probs.argmax(1) == labels[test_ps.clip[rows]])),
+            "n_test_clips": int(len(ids)), "n_test_patches": int(len(rows)),
+            "best_epochs": [r["best_epoch"] for r in runs],
+            "val_clip_accuracy": [r["val_clip_accuracy"] for r in runs],
+            "single_seed_clip_accuracy": [r["clip_accuracy"] for r in runs]}
+    if recipe.test_speeds:            # the same models without test-time augmentation: a paired figure
+        rec = test_ps.clip[rows] < prep.get("n_real", len(labels))
+        ids0, pred0 = vote(probs[rec], test_ps.clip[rows][rec])
+        fold["clip_accuracy_without_test_speeds"] = float(np.mean(pred0 == labels[ids0]))
+    fold["minutes"] = (time.time() - t0) / 60
+    return {"fold": fold, "true": labels[ids].tolist(), "pred": pred.tolist()}
+
+
+def run_cv(prep: dict, recipe: SpeechRecipe, p: Params = Params(), folds: list[int] | None = None,
+           progress: bool = True, checkpoints: Path | None = None) -> dict:
+    """Run the folds (all by default); returns the speech_cv.json content. With ``checkpoints`` (a folder) each
+    finished fold is kept there and a rerun of the same run resumes after it."""
+    labels = prep["labels"]
     test_ps = prep["test_ps"]
     fold_results, all_true, all_pred = [], [], []
     for fi in (folds if folds is not None else range(len(p.folds))):
-        test_actors = list(p.folds[fi])
-        runs = [train_fold(prep["train_ps"], test_ps, labels, clip_actor, test_actors, recipe, p, seed, progress)
-                for seed in recipe.seeds]
-        probs = np.mean([r["probs"] for r in runs], axis=0)           # ensemble of seeds
-        rows = runs[0]["test_rows"]
-        ids, pred = vote(probs, recorded_clip(test_ps.clip[rows], clip_actor))
-        acc = float(np.mean(pred == labels[ids]))
-        fold = {"test_actors": test_actors, "val_actors": runs[0]["val_actors"], "clip_accuracy": acc,
-                "patch_accuracy": float(np.mean(probs.argmax(1) == labels[test_ps.clip[rows]])),
-                "n_test_clips": int(len(ids)), "n_test_patches": int(len(rows)),
-                "best_epochs": [r["best_epoch"] for r in runs],
-                "val_clip_accuracy": [r["val_clip_accuracy"] for r in runs],
-                "single_seed_clip_accuracy": [r["clip_accuracy"] for r in runs]}
-        if recipe.test_speeds:            # the same models without test-time augmentation: a paired figure
-            rec = test_ps.clip[rows] < prep.get("n_real", len(labels))
-            ids0, pred0 = vote(probs[rec], test_ps.clip[rows][rec])
-            fold["clip_accuracy_without_test_speeds"] = float(np.mean(pred0 == labels[ids0]))
-        log.info("fold %s: clip %.3f patch %.3f", test_actors, acc, fold["patch_accuracy"])
+        f = checkpoint_file(checkpoints, prep, recipe, p, "fold", fi)
+        done = _load_checkpoint(f)
+        if done is None:
+            done = _run_fold(prep, recipe, p, fi, progress)
+            _save_checkpoint(f, done)
+        fold = done["fold"]
+        log.info("fold %s: clip %.3f patch %.3f", fold["test_actors"], fold["clip_accuracy"], fold["patch_accuracy"])
         fold_results.append(fold)
-        all_true.append(labels[ids])
-        all_pred.append(pred)
+        all_true.append(np.array(done["true"], int))
+        all_pred.append(np.array(done["pred"], int))
     accs = [f["clip_accuracy"] for f in fold_results]
     n_real = prep.get("n_real", len(labels))
     n_per_clip = np.bincount(test_ps.clip, minlength=n_real)[:n_real]
@@ -111,14 +153,14 @@ def run_cv(prep: dict, recipe: SpeechRecipe, p: Params = Params(), folds: list[i
         "recipe": asdict(recipe), "folds_map": [list(f) for f in p.folds],
         "emotions": list(p.emotions),
         "confusion": confusion(np.concatenate(all_true), np.concatenate(all_pred), p.num_classes).tolist(),
-        "cv_minutes": (time.time() - t0) / 60,
+        "cv_minutes": sum(f["minutes"] for f in fold_results),       # resumed folds count their own time
         "machine": {"cpu_count": __import__("os").cpu_count(), "python": platform.python_version()},
     }
     return result
 
 
 def speaker_dependent(prep: dict, recipe: SpeechRecipe, p: Params = Params(), n_folds: int = 4,
-                      eval_folds: int = 2, progress: bool = True) -> dict:
+                      eval_folds: int = 2, progress: bool = True, checkpoints: Path | None = None) -> dict:
     """Random clip-level 4-fold split (every actor in train and test): the optimistic, speaker-DEPENDENT figure."""
     import keras
 
@@ -129,6 +171,11 @@ def speaker_dependent(prep: dict, recipe: SpeechRecipe, p: Params = Params(), n_
     order = rng.permutation(n_real)
     accs = []
     for k in range(eval_folds):
+        ckpt = checkpoint_file(checkpoints, prep, recipe, p, f"speaker_dependent_{n_folds}", k)
+        done = _load_checkpoint(ckpt)
+        if done is not None:
+            accs.append(done["clip_accuracy"])
+            continue
         test = np.sort(order[k::n_folds])
         train = np.setdiff1d(np.arange(n_real), test)
         train = np.concatenate([train + n_real * j for j in range(len(labels) // n_real)])   # with their copies
@@ -141,6 +188,7 @@ def speaker_dependent(prep: dict, recipe: SpeechRecipe, p: Params = Params(), n_
             model.fit(x, y, batch_size=recipe.batch_size, epochs=1, verbose=0)
         accs.append(clip_accuracy(model, prep["test_ps"], with_test_copies(test, clip_actor, recipe), labels, std,
                                   clip_actor)[0])
+        _save_checkpoint(ckpt, {"clip_accuracy": accs[-1]})
         log.info("speaker-dependent fold %d: %.3f", k, accs[-1])
     return {"protocol": f"speaker-DEPENDENT random {n_folds}-fold split over clips (same actors in train and test), "
                         f"first {eval_folds} folds evaluated, fixed {recipe.epochs} epochs", "fold_clip_accuracy": accs,
