@@ -74,3 +74,17 @@ def test_a_test_time_augmentation_row_shows_its_paired_figure():
     row = next(ln for ln in md.splitlines() if ln.startswith("| test-speeds"))
     assert "66.00% (64.00% from the same models without the test copies)" in row
     assert "| recipe |" in row                                            # measured against the current recipe
+
+
+def test_a_headline_with_test_copies_shows_the_same_models_without_them():
+    r = _headline(SpeechRecipe(test_speeds=(0.9, 1.1)))
+    r["folds"][0]["clip_accuracy_without_test_speeds"] = 0.55
+    r["mean_clip_accuracy_without_test_speeds"] = 0.55
+    md = speech_markdown(r, [], "")
+    assert "0.9x, 1.1x" in md and "score **55.00%**" in md
+    header = next(ln for ln in md.splitlines() if ln.startswith("| test actors"))
+    row = next(ln for ln in md.splitlines() if ln.startswith("| [1]"))
+    assert "without test copies" in header and "| 60.00% | 55.00% | 50.00% |" in row
+    assert header.count("|") == row.count("|")
+    plain = speech_markdown(_headline(SpeechRecipe()), [], "")
+    assert "without test copies" not in plain
