@@ -93,7 +93,7 @@ def test_test_time_copies_vote_for_their_recorded_clip():
     both = with_test_copies(tst, clip_actor, r)
     assert both.tolist() == tst.tolist() + (tst + 2 * n).tolist()         # 1.1 is the second copy block
     assert np.array_equal(recorded_clip(both, clip_actor), np.concatenate([tst, tst]))
-    assert np.array_equal(with_test_copies(tst, clip_actor, SpeechRecipe()), tst)    # off by default
+    assert np.array_equal(with_test_copies(tst, clip_actor, SpeechRecipe(test_speeds=())), tst)    # off
     with pytest.raises(ValueError, match="test_speeds"):
         SpeechRecipe(speed_perturb=(0.9, 1.1), test_speeds=(0.8,))
 

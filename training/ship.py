@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 # mean removal; activation_3 standardised with fixed (global) statistics baked into the graph.
 # the shipped release was trained before label smoothing and speed perturbation joined the speech recipe: pinned
 # here so that `edge-train ship` reproduces it (--set label_smoothing=0.1 to train the next one with it)
-SHIP_RECIPE = SpeechRecipe(logmel_norm="actor", feature_norm="global", label_smoothing=0.0, speed_perturb=())
+SHIP_RECIPE = SpeechRecipe(logmel_norm="actor", feature_norm="global", label_smoothing=0.0, speed_perturb=(),
+                           test_speeds=())
 
 
 def default_face_model() -> Path:

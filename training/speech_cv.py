@@ -236,7 +236,7 @@ ABLATION = (
     ("no-augment", "recipe without SpecAugment, mixup and noise",
      dict(time_masks=0, freq_masks=0, mixup_alpha=0.0, noise_std=0.0)),
     ("recipe", "the chosen recipe (per-actor log-mel + feature norm, SpecAugment, mixup, 0.08 s crops, label "
-               "smoothing 0.1, speed perturbation 0.9/1.1)", dict()),
+               "smoothing 0.1, speed perturbation 0.9/1.1, test clips also voted at 0.9x/1.1x)", dict()),
     ("test-hop-0.24", "recipe, patches every 0.24 s at test (more votes)", dict(test_hop_frames=24)),
     ("refit", "recipe, then retrain on all 18 training actors for the selected epoch count", dict(refit=True)),
     ("ensemble-3", "recipe, 3 seeds (different validation actors and initialisations), probabilities averaged",
@@ -249,17 +249,16 @@ ABLATION = (
     ("no-label-smoothing", "recipe without label smoothing (the recipe until label smoothing 0.1 joined it)",
      dict(label_smoothing=0.0)),
     ("no-speed-perturb", "recipe without speed perturbation (the recipe until speed perturbation joined it)",
-     dict(speed_perturb=())),
+     dict(speed_perturb=(), test_speeds=())),
     ("speed-perturb-4", "recipe with four training speeds (0.8, 0.9, 1.1, 1.2) instead of two",
      dict(speed_perturb=(0.8, 0.9, 1.1, 1.2))),
     ("no-speed-same-steps", "recipe without speed perturbation but 12 crops per clip an epoch: the same training "
                             "steps as the recipe (whose copies triple an epoch)",
-     dict(speed_perturb=(), patches_per_clip=12)),
+     dict(speed_perturb=(), test_speeds=(), patches_per_clip=12)),
     ("pooled-speeds", "recipe, but each clip's 4 crops an epoch drawn from it and its two speed copies together: "
                       "the epoch size (and time) of a run without copies", dict(pool_speeds=True)),
-    ("test-speeds", "recipe + test-time augmentation: each test clip also voted at 0.9x and 1.1x (its speed copies, "
-                    "normalised as their pseudo speaker), all patches' votes pooled",
-     dict(test_speeds=(0.9, 1.1))),
+    ("no-test-speeds", "recipe without test-time augmentation (the recipe until it joined): test clips voted as "
+                       "recorded, not also at 0.9x and 1.1x", dict(test_speeds=())),
 )
 
 
