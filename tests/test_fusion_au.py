@@ -71,3 +71,22 @@ def test_frozen_two_stage_keeps_single_heads_equal_to_single_branches():
                                                                        patience=3), per_actor_au=False)
     assert res["speech"] == res["speech_branch_alone"], res
     assert res["au"] == res["au_branch_alone"] and res["au"] >= 0.5, res
+
+
+def test_report_compares_with_the_speech_cv_figure_on_recorded_clips(tmp_path):
+    import dataclasses
+    import json
+
+    from training.fusion_au import markdown
+    from training.speech import SpeechRecipe
+    recipe = dataclasses.asdict(SpeechRecipe())                          # test_speeds (0.9, 1.1) by default
+    (tmp_path / "speech_cv.json").write_text(json.dumps(
+        {"recipe": recipe, "mean_clip_accuracy": 0.70, "mean_clip_accuracy_without_test_speeds": 0.65}))
+    res = {"command": "edge-train fusion-au --frozen", "folds": [{"test_actors": [1], "fused": 0.8, "speech": 0.65,
+                                                                  "au": 0.7}],
+           "fused": 0.8, "speech": 0.65, "au": 0.7, "recipe": recipe, "cv_minutes": 1.0}
+    md = markdown(res, tmp_path)
+    assert "not on its test copies): 65.00%" in md and "**+15.0 points** above it" in md
+    assert "+0.0 points against the standalone" in md and "earlier speech recipe" not in md
+    res["recipe"] = {**recipe, "label_smoothing": 0.0}                   # a training difference is still flagged
+    assert "earlier speech recipe" in markdown(res, tmp_path)

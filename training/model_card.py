@@ -62,6 +62,9 @@ def render() -> str:
     if sp:
         L.append(f"| speech branch alone (per-actor normalisation, research recipe), 4-fold | "
                  f"{pct(sp['mean_clip_accuracy'])} ± {pct(sp['std_clip_accuracy'])} | `edge-train speech` |")
+        if "mean_clip_accuracy_without_test_speeds" in sp:
+            L.append(f"| the same speech models voting on the recorded clips only (no test-time speed copies, as a "
+                     f"device votes), 4-fold | {pct(sp['mean_clip_accuracy_without_test_speeds'])} | same |")
     if sh:
         L.append(f"| shipped speech head (device normalisation: speaker log-mel mean + fixed feature "
                  f"standardisation), 4-fold | {pct(sh['speech'])} | `{sh.get('command', 'edge-train ship')}` |")
