@@ -41,7 +41,7 @@ def test_three_heads_in_one_graph():
 def test_fusion_learns_from_the_au_branch():
     """Speech features are noise here and AUs carry the label: the fused and AU heads must learn."""
     rng = np.random.default_rng(0)
-    n = 96
+    n = 192
     labels = rng.integers(0, 8, n)
     actors = np.resize(np.arange(1, 25), n)
     ps = PatchSet(rng.normal(size=(n * 2, 24, 16, 64)).astype(np.float16), np.repeat(np.arange(n), 2),
@@ -51,7 +51,7 @@ def test_fusion_learns_from_the_au_branch():
     prep = {"train_ps": ps, "test_ps": ps, "labels": labels, "clip_actor": actors}
     res = train_fold(prep, au, [1, 2, 3, 4, 5, 6], SpeechRecipe(epochs=10, val_actors=0, patches_per_clip=8),
                      per_actor_au=False)
-    assert res["au"] >= 0.6 and res["fused"] >= 0.5, res
+    assert res["au"] >= 0.6 and res["fused"] >= 0.5, res       # chance 0.125 (one clip in 8)
 
 
 def test_frozen_two_stage_keeps_single_heads_equal_to_single_branches():

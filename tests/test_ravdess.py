@@ -94,8 +94,13 @@ def test_test_time_copies_vote_for_their_recorded_clip():
     assert both.tolist() == tst.tolist() + (tst + 2 * n).tolist()         # 1.1 is the second copy block
     assert np.array_equal(recorded_clip(both, clip_actor), np.concatenate([tst, tst]))
     assert np.array_equal(with_test_copies(tst, clip_actor, SpeechRecipe(test_speeds=())), tst)    # off
-    with pytest.raises(ValueError, match="test_speeds"):
-        SpeechRecipe(speed_perturb=(0.9, 1.1), test_speeds=(0.8,))
+    extra = SpeechRecipe(speed_perturb=(0.9, 1.1), test_speeds=(1.1, 0.8))   # 0.8: a test-only copy, block 3
+    assert extra.copy_speeds() == (0.9, 1.1, 0.8)
+    assert with_test_copies(tst, np.concatenate([clip_actor, real + 3 * PSEUDO_SPEAKER]), extra).tolist() == \
+        tst.tolist() + (tst + 2 * n).tolist() + (tst + 3 * n).tolist()
+    for bad in (1.0, 3.0):
+        with pytest.raises(ValueError, match="speeds"):
+            SpeechRecipe(test_speeds=(bad,))
 
 
 def test_speed_perturbation_changes_tempo_and_is_cached_apart(ravdess_speech, tmp_path):
@@ -164,3 +169,56 @@ def test_pooled_speeds_draw_a_clips_crops_from_all_its_versions():
                       np.random.default_rng(0), 8)
     assert len(x) == 4 * 6                                               # 4 per recorded clip: no copies' steps
     assert len(np.unique(x[:, 0, 0, 0])) > 6                             # drawn from the copies too
+
+
+def test_cosine_lr_decay_falls_from_the_papers_rate_to_five_percent():
+    from edge.params import Params
+    from training.speech import SpeechRecipe, learning_rate
+    lr0 = Params().learning_rate
+    flat = SpeechRecipe(epochs=20)
+    assert [learning_rate(flat, e) for e in (0, 10, 19)] == [lr0] * 3
+    cos = SpeechRecipe(epochs=20, lr_decay="cosine")
+    rates = [learning_rate(cos, e) for e in range(20)]
+    assert rates[0] == pytest.approx(lr0) and rates[-1] == pytest.approx(0.05 * lr0)
+    assert all(a > b for a, b in zip(rates, rates[1:], strict=False))
+    with pytest.raises(ValueError, match="lr_decay 'step'"):
+        SpeechRecipe(lr_decay="step")
+
+
+@pytest.mark.parametrize("with_copies", [False, True])
+def test_model_selection_can_vote_validation_clips_with_their_test_copies(monkeypatch, with_copies):
+    import training.speech as sp
+    real = np.repeat(np.arange(1, 25), 2)
+    clip_actor = np.concatenate([real, real + sp.PSEUDO_SPEAKER, real + 2 * sp.PSEUDO_SPEAKER])
+    n = len(real)
+    clip = np.repeat(np.arange(3 * n), 2)
+    rng = np.random.default_rng(0)
+    ps = sp.PatchSet(rng.normal(size=(len(clip), 24, 16, 64)).astype(np.float16), clip, np.zeros(len(clip), int))
+    labels = np.tile(np.arange(n) % 8, 3)
+    seen = []
+    real_accuracy = sp.clip_accuracy
+
+    def spy(model, ps_, clips, *a):
+        seen.append(np.sort(clips))
+        return real_accuracy(model, ps_, clips, *a)
+    monkeypatch.setattr(sp, "clip_accuracy", spy)
+    r = sp.SpeechRecipe(epochs=1, patches_per_clip=1, select_with_test_speeds=with_copies)
+    out = sp.train_fold(ps, ps, labels, clip_actor, [1, 2, 3, 4, 5, 6], r, progress=False)
+    val = np.flatnonzero(np.isin(clip_actor, out["val_actors"]))            # recorded clips of the val actors
+    expected = np.sort(np.concatenate([val, val + n, val + 2 * n])) if with_copies else val
+    np.testing.assert_array_equal(seen[0], expected)                       # the first call is the selection
+
+
+def test_prefetched_epochs_are_the_sequential_calls_in_order():
+    from training.speech import prefetched
+    rng = np.random.default_rng(3)
+    got = [a.copy() for a in prefetched(4, rng.normal, 0.0, 1.0, 5)]
+    ref = np.random.default_rng(3)
+    want = [ref.normal(0.0, 1.0, 5) for _ in range(4)]
+    assert len(got) == 4 and all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))
+    calls = []
+    gen = prefetched(10, calls.append, 1)
+    next(gen)
+    gen.close()                                  # an early stop: at most the one epoch built ahead
+    assert len(calls) <= 2
+    assert list(prefetched(0, calls.append, 1)) == []

@@ -59,9 +59,12 @@ def cmd_speech(args: argparse.Namespace) -> int:
         raise SystemExit("edge-train speech: --rows selects ablation rows; it needs --ablation")
     if args.ablation:
         return run_ablation(args, recipe, p, out, folds, cache, progress)
+    t0 = time.time()
     prep = prepare(args.data, args.yamnet, recipe, p, cache, progress)
+    prep_minutes = (time.time() - t0) / 60
     checkpoints = cache / CHECKPOINTS if cache else None     # a killed run resumes after its last finished fold
     result = run_cv(prep, recipe, p, folds, progress, checkpoints)
+    result["prep_minutes"] = prep_minutes
     if args.speaker_dependent:
         result["speaker_dependent"] = speaker_dependent(prep, recipe, p, progress=progress, checkpoints=checkpoints)
     ablation = _load_ablation(out)

@@ -34,6 +34,7 @@ from training.speech import (
     fold_clips,
     mixup,
     spec_augment,
+    trainable,
     vote,
 )
 
@@ -144,7 +145,8 @@ def train_fold(prep: dict, au: np.ndarray, test_actors: list[int], r: SpeechReci
     rng = np.random.default_rng(seed)
     train_ps, clip_actor = prep["train_ps"], prep["clip_actor"]
     fit_clips, val_clips, test_clips, val_actors = fold_clips(clip_actor, test_actors, r.val_actors, seed)
-    std = Standardizer.fit(train_ps, clip_actor, fit_clips, r.feature_norm)
+    fit_clips = trainable(fit_clips, train_ps)
+    std = Standardizer.fit(train_ps, clip_actor, fit_clips, r.feature_norm, prep["test_ps"])
     au_z = _au_standardize(au, clip_actor, fit_clips, per_actor_au)
     model = build_fusion(r, au.shape[1], p)
     acc, best_epoch = _fit_and_test(model, prep, std, au_z, fit_clips, val_clips, test_clips, r, p, rng, augment=True)
@@ -184,6 +186,7 @@ def train_fold_frozen(prep: dict, au: np.ndarray, test_actors: list[int], r: Spe
     sr = train_speech(train_ps, test_ps, labels, clip_actor, test_actors, r, p, seed, progress=False)
     speech, std = sr["model"], sr["standardizer"]
     fit_clips, val_clips, test_clips, val_actors = fold_clips(clip_actor, test_actors, r.val_actors, seed)
+    fit_clips = trainable(fit_clips, train_ps)
     assert val_actors == sr["val_actors"], (val_actors, sr["val_actors"])    # the speech branch's own split
     au_z = _au_standardize(au, clip_actor, fit_clips, per_actor_au)
     au_model = train_au_branch(au_z, labels, fit_clips, val_clips, r, p, rng)

@@ -51,19 +51,29 @@ class SpeechRecipe:
     # 64.58% vs 60.97% without, both folds up (reports/speech.md)
     speed_perturb: tuple[float, ...] = (0.9, 1.1)
     # test-time augmentation: each test clip is also voted at these speeds (its copies, normalised as their pseudo
-    # speaker), the votes of all its patches pooled; a subset of speed_perturb, whose copies prepare() computes.
+    # speaker), the votes of all its patches pooled. A speed not in speed_perturb makes a test-only copy: no training
+    # crops, normalised on its own (unlabelled) statistics like every copy.
     # Folds 0,2: 68.47% against 64.58% from the same models without (both folds up); research protocol only: the
     # shipped model and edge-run vote on the recorded audio
     test_speeds: tuple[float, ...] = (0.9, 1.1)
     # pool each clip's speed copies with it: patches_per_clip crops a recorded clip per epoch, drawn from all its
     # versions (the epoch size and time of a run without copies), instead of patches_per_clip per version
     pool_speeds: bool = False
+    lr_decay: str = "none"               # none | cosine: Adam's rate falls from Params.learning_rate to 5% of it
+    # model selection votes the validation clips as the test clips are voted (with their copies at test_speeds)
+    select_with_test_speeds: bool = False
 
     def __post_init__(self):
-        missing = [s for s in self.test_speeds if s not in self.speed_perturb]
-        if missing:
-            raise ValueError(f"test_speeds {missing} are not in speed_perturb {self.speed_perturb}: test copies are "
-                             "made only at the training speeds")
+        bad = [v for v in self.speed_perturb + self.test_speeds if not 0.5 <= v <= 2.0 or v == 1.0]
+        if bad:
+            raise ValueError(f"speeds {bad}: a copy's speed must be in [0.5, 2] and not 1 (the recorded clip)")
+        if self.lr_decay not in ("none", "cosine"):
+            raise ValueError(f"lr_decay {self.lr_decay!r}: expected 'none' or 'cosine'")
+
+    def copy_speeds(self) -> tuple[float, ...]:
+        """The speeds prepare() copies every clip at: the training speeds, then test-only ones. Copy block k + 1
+        of prepare()'s clips is the k-th of these."""
+        return self.speed_perturb + tuple(s for s in dict.fromkeys(self.test_speeds) if s not in self.speed_perturb)
 
     def replace(self, **kw) -> "SpeechRecipe":
         return dataclasses.replace(self, **kw)
@@ -100,6 +110,14 @@ def build_head(recipe: SpeechRecipe, p: Params = Params(), name: str = "speech_h
     z = L.Dropout(recipe.dropout, name="speech_dropout")(z)
     out = L.Dense(p.num_classes, activation="softmax", kernel_regularizer=reg, name="speech_probs")(z)
     return keras.Model(x_in, out, name=name)
+
+
+def learning_rate(recipe: SpeechRecipe, epoch: int, p: Params = Params()) -> float:
+    """Adam's rate for epoch (0-based) of recipe.epochs: constant, or a cosine fall to 5% of it."""
+    if recipe.lr_decay == "none":
+        return p.learning_rate
+    floor = 0.05
+    return p.learning_rate * (floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * epoch / max(recipe.epochs - 1, 1))))
 
 
 def compile_head(model, recipe: SpeechRecipe, p: Params = Params()):
@@ -189,14 +207,19 @@ class Standardizer:
     std: dict = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, ps: PatchSet, clip_actor: np.ndarray, train_clips: np.ndarray, mode: str) -> "Standardizer":
+    def fit(cls, ps: PatchSet, clip_actor: np.ndarray, train_clips: np.ndarray, mode: str,
+            extra: PatchSet | None = None) -> "Standardizer":
+        """Statistics from ``ps``; a speaker without patches there (a test-only speed copy) from ``extra``."""
         s = cls()
-        def stats(rows: np.ndarray):
-            return channel_stats(ps.x, rows)
-        s.mean["global"], s.std["global"] = stats(ps.of_clips(train_clips))
+        s.mean["global"], s.std["global"] = channel_stats(ps.x, ps.of_clips(train_clips))
         if mode == "actor":
             for a in np.unique(clip_actor):
-                s.mean[int(a)], s.std[int(a)] = stats(ps.of_clips(np.flatnonzero(clip_actor == a)))
+                clips = np.flatnonzero(clip_actor == a)
+                src = ps if np.isin(clips, ps.clip).any() or extra is None else extra
+                rows = src.of_clips(clips)
+                if not len(rows):
+                    raise ValueError(f"speaker {int(a)}: no patches to standardize it with")
+                s.mean[int(a)], s.std[int(a)] = channel_stats(src.x, rows)
         elif mode != "global":
             raise ValueError(f"feature_norm must be global|actor, got {mode!r}")
         return s
@@ -325,6 +348,18 @@ def make_epoch(ps: PatchSet, train_clips: np.ndarray, labels: np.ndarray, std: S
     return x, y
 
 
+def prefetched(n: int, make, *args):
+    """Yield ``make(*args)`` n times, building the next epoch in a thread while the caller trains on the current one
+    (numpy's random draws and copies run outside the GIL). The calls stay sequential, so the draws are the same."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(1) as pool:
+        nxt = pool.submit(make, *args) if n > 0 else None
+        for i in range(n):
+            cur = nxt.result()
+            nxt = pool.submit(make, *args) if i + 1 < n else None
+            yield cur
+
+
 def clip_accuracy(model, ps: PatchSet, clips: np.ndarray, labels: np.ndarray, std: Standardizer,
                   clip_actor: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray, np.ndarray]:
     """(clip accuracy, patch accuracy, clip ids, their votes, patch probabilities). A speed copy among
@@ -345,16 +380,26 @@ def real_actor(clip_actor: np.ndarray) -> np.ndarray:
     return np.asarray(clip_actor) % PSEUDO_SPEAKER
 
 
+def n_recorded(clip_actor: np.ndarray) -> int:
+    """How many clips are recorded ones: prepare() puts them first, their speed copies after."""
+    return int(np.sum(np.asarray(clip_actor) < PSEUDO_SPEAKER))
+
+
 def recorded_clip(clip: np.ndarray, clip_actor: np.ndarray) -> np.ndarray:
     """The recorded clip of each clip index: copy n_real k + i of prepare() is clip i."""
-    return np.asarray(clip) % int(np.sum(np.asarray(clip_actor) < PSEUDO_SPEAKER))
+    return np.asarray(clip) % n_recorded(clip_actor)
 
 
 def with_test_copies(clips: np.ndarray, clip_actor: np.ndarray, r: SpeechRecipe) -> np.ndarray:
-    """Recorded clips plus their copies at r.test_speeds (the k-th speed of r.speed_perturb is copy block k)."""
-    n_real = int(np.sum(np.asarray(clip_actor) < PSEUDO_SPEAKER))
-    blocks = [r.speed_perturb.index(s) + 1 for s in r.test_speeds]
+    """Recorded clips plus their copies at r.test_speeds (the k-th of r.copy_speeds() is copy block k)."""
+    n_real = n_recorded(clip_actor)
+    blocks = [r.copy_speeds().index(s) + 1 for s in r.test_speeds]
     return np.concatenate([clips] + [clips + n_real * k for k in blocks]) if blocks else clips
+
+
+def trainable(clips: np.ndarray, ps: PatchSet) -> np.ndarray:
+    """The clips that have training patches in ps (a test-only speed copy has none)."""
+    return clips[np.isin(clips, ps.clip)]
 
 
 def fold_clips(clip_actor: np.ndarray, test_actors: list[int], n_val: int, seed: int = 0):
@@ -378,28 +423,34 @@ def train_fold(train_ps: PatchSet, test_ps: PatchSet, labels: np.ndarray, clip_a
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
     fit_clips, val_clips, test_clips, val_actors = fold_clips(clip_actor, test_actors, r.val_actors, seed)
-    std = Standardizer.fit(train_ps, clip_actor, fit_clips, r.feature_norm)
+    fit_clips = trainable(fit_clips, train_ps)
+    std = Standardizer.fit(train_ps, clip_actor, fit_clips, r.feature_norm, test_ps)
     model = compile_head(build_head(r, p), r, p)
     selector, history = ModelSelector(r.patience, bool(len(val_clips))), []
     bar = tqdm(range(r.epochs), desc=(f"fold {test_actors[0]}-{test_actors[-1]}" if test_actors else "all actors") + f" seed {seed}", disable=not progress)
-    for epoch in bar:
-        x, y = make_epoch(train_ps, fit_clips, labels, std, clip_actor, r, rng, p.num_classes)
+    select_clips = with_test_copies(val_clips, clip_actor, r) if r.select_with_test_speeds else val_clips
+    epochs = prefetched(r.epochs, make_epoch, train_ps, fit_clips, labels, std, clip_actor, r, rng, p.num_classes)
+    for epoch, (x, y) in zip(bar, epochs, strict=False):
+        model.optimizer.learning_rate.assign(learning_rate(r, epoch, p))
         h = model.fit(x, y, batch_size=r.batch_size, epochs=1, verbose=0)
-        val_acc = clip_accuracy(model, test_ps, val_clips, labels, std, clip_actor)[0] if len(val_clips) else 0.0
+        val_acc = clip_accuracy(model, test_ps, select_clips, labels, std, clip_actor)[0] if len(val_clips) else 0.0
         history.append({"epoch": epoch + 1, "loss": float(h.history["loss"][0]), "val_clip_accuracy": val_acc})
         bar.set_postfix(loss=f"{h.history['loss'][0]:.3f}", val=f"{val_acc:.3f}")
         if selector.update(model, val_acc, epoch + 1):
             break
+    epochs.close()                               # waits for an epoch built ahead of an early stop
     model.set_weights(selector.best_weights)
     best, best_epoch = selector.best, selector.best_epoch
     if r.refit and len(val_clips):
         # the validation actors only chose the epoch count; now they train too (test actors never do)
         keras.utils.set_random_seed(seed + 1000)
-        all_clips = np.concatenate([fit_clips, np.flatnonzero(np.isin(real_actor(clip_actor), val_actors))])
-        std = Standardizer.fit(train_ps, clip_actor, all_clips, r.feature_norm)
+        all_clips = np.concatenate([fit_clips, trainable(np.flatnonzero(np.isin(real_actor(clip_actor), val_actors)),
+                                                         train_ps)])
+        std = Standardizer.fit(train_ps, clip_actor, all_clips, r.feature_norm, test_ps)
         model = compile_head(build_head(r, p), r, p)
-        for _ in range(best_epoch):
-            x, y = make_epoch(train_ps, all_clips, labels, std, clip_actor, r, rng, p.num_classes)
+        for epoch, (x, y) in enumerate(prefetched(best_epoch, make_epoch, train_ps, all_clips, labels, std,
+                                                         clip_actor, r, rng, p.num_classes)):
+            model.optimizer.learning_rate.assign(learning_rate(r, epoch, p))
             model.fit(x, y, batch_size=r.batch_size, epochs=1, verbose=0)
     if not len(test_clips):                       # a final model trained on every actor: nothing to test
         return {"model": model, "standardizer": std, "val_actors": val_actors, "best_epoch": best_epoch,

@@ -21,6 +21,7 @@ from training.ravdess import index_speech, load_features
 from training.speech import (
     PSEUDO_SPEAKER,
     SpeechRecipe,
+    n_recorded,
     normalize_log_mel,
     recorded_clip,
     train_fold,
@@ -42,9 +43,10 @@ def prepare(data: str | Path, yamnet: str, recipe: SpeechRecipe, p: Params = Par
     clip_actor = np.array([c.actor for c in clips])
     labels = np.array([c.label for c in clips])
     mel_list = [f.log_mel for f in feats]
-    # speed-perturbed training copies: clip n_real k + i is clip i at the k-th speed, spoken by pseudo speaker
-    # actor + PSEUDO_SPEAKER k (normalised on its own statistics, as a new speaker would be)
-    for k, speed in enumerate(recipe.speed_perturb, 1):
+    # speed-perturbed copies: clip n_real k + i is clip i at the k-th speed, spoken by pseudo speaker actor +
+    # PSEUDO_SPEAKER k (normalised on its own statistics, as a new speaker would be); training speeds first, then
+    # test-only ones (no training patches)
+    for k, speed in enumerate(recipe.copy_speeds(), 1):
         kept, sf, bad = load_features(clips, p, cache, progress, speed=speed)
         if len(kept) != n_real:
             raise ValueError(f"speed {speed}: {len(bad)} clips failed that the originals passed: {bad[:3]}")
@@ -53,11 +55,12 @@ def prepare(data: str | Path, yamnet: str, recipe: SpeechRecipe, p: Params = Par
         labels = np.concatenate([labels, labels[:n_real]])
     mels = normalize_log_mel(mel_list, clip_actor, recipe.logmel_norm)
     trunk = build_trunk(weights)
-    train_ps = trunk_patches(trunk, mels, recipe.train_hop_frames, p, progress=progress)
-    test_ps = train_ps if recipe.test_hop_frames == recipe.train_hop_frames else \
+    n_train = n_real * (1 + len(recipe.speed_perturb))
+    train_ps = trunk_patches(trunk, mels[:n_train], recipe.train_hop_frames, p, progress=progress)
+    test_ps = train_ps if recipe.test_hop_frames == recipe.train_hop_frames and len(mels) == n_train else \
         trunk_patches(trunk, mels if recipe.test_speeds else mels[:n_real], recipe.test_hop_frames, p,
                       progress=progress)
-    return {"clips": clips, "feats": feats, "clip_actor": clip_actor, "labels": labels, "n_real": n_real,
+    return {"clips": clips, "feats": feats, "clip_actor": clip_actor, "labels": labels,
             "train_ps": train_ps, "test_ps": test_ps,
             "skipped": skipped_names + skipped_audio}
 
@@ -107,7 +110,7 @@ def _run_fold(prep: dict, recipe: SpeechRecipe, p: Params, fi: int, progress: bo
             "val_clip_accuracy": [r["val_clip_accuracy"] for r in runs],
             "single_seed_clip_accuracy": [r["clip_accuracy"] for r in runs]}
     if recipe.test_speeds:            # the same models without test-time augmentation: a paired figure
-        rec = test_ps.clip[rows] < prep.get("n_real", len(labels))
+        rec = test_ps.clip[rows] < n_recorded(clip_actor)
         ids0, pred0 = vote(probs[rec], test_ps.clip[rows][rec])
         fold["clip_accuracy_without_test_speeds"] = float(np.mean(pred0 == labels[ids0]))
     fold["minutes"] = (time.time() - t0) / 60
@@ -118,7 +121,6 @@ def run_cv(prep: dict, recipe: SpeechRecipe, p: Params = Params(), folds: list[i
            progress: bool = True, checkpoints: Path | None = None) -> dict:
     """Run the folds (all by default); returns the speech_cv.json content. With ``checkpoints`` (a folder) each
     finished fold is kept there and a rerun of the same run resumes after it."""
-    labels = prep["labels"]
     test_ps = prep["test_ps"]
     fold_results, all_true, all_pred = [], [], []
     for fi in (folds if folds is not None else range(len(p.folds))):
@@ -133,7 +135,7 @@ def run_cv(prep: dict, recipe: SpeechRecipe, p: Params = Params(), folds: list[i
         all_true.append(np.array(done["true"], int))
         all_pred.append(np.array(done["pred"], int))
     accs = [f["clip_accuracy"] for f in fold_results]
-    n_real = prep.get("n_real", len(labels))
+    n_real = n_recorded(prep["clip_actor"])
     n_per_clip = np.bincount(test_ps.clip, minlength=n_real)[:n_real]
     trimmed = np.array([f.seconds_trimmed for f in prep["feats"]])
     original = np.array([f.seconds_in for f in prep["feats"]])
@@ -166,10 +168,20 @@ def speaker_dependent(prep: dict, recipe: SpeechRecipe, p: Params = Params(), n_
     """Random clip-level 4-fold split (every actor in train and test): the optimistic, speaker-DEPENDENT figure."""
     import keras
 
-    from training.speech import Standardizer, build_head, clip_accuracy, compile_head, make_epoch, with_test_copies
+    from training.speech import (
+        Standardizer,
+        build_head,
+        clip_accuracy,
+        compile_head,
+        learning_rate,
+        make_epoch,
+        prefetched,
+        trainable,
+        with_test_copies,
+    )
     labels, clip_actor = prep["labels"], prep["clip_actor"]
     rng = np.random.default_rng(0)
-    n_real = prep.get("n_real", len(labels))
+    n_real = n_recorded(clip_actor)
     order = rng.permutation(n_real)
     accs = []
     for k in range(eval_folds):
@@ -181,12 +193,14 @@ def speaker_dependent(prep: dict, recipe: SpeechRecipe, p: Params = Params(), n_
         test = np.sort(order[k::n_folds])
         train = np.setdiff1d(np.arange(n_real), test)
         train = np.concatenate([train + n_real * j for j in range(len(labels) // n_real)])   # with their copies
+        train = trainable(train, prep["train_ps"])
         keras.utils.set_random_seed(k)
-        std = Standardizer.fit(prep["train_ps"], clip_actor, train, recipe.feature_norm)
+        std = Standardizer.fit(prep["train_ps"], clip_actor, train, recipe.feature_norm, prep["test_ps"])
         model = compile_head(build_head(recipe, p), recipe, p)
         erng = np.random.default_rng(k)
-        for _ in range(recipe.epochs):
-            x, y = make_epoch(prep["train_ps"], train, labels, std, clip_actor, recipe, erng, p.num_classes)
+        for epoch, (x, y) in enumerate(prefetched(recipe.epochs, make_epoch, prep["train_ps"], train, labels, std,
+                                                  clip_actor, recipe, erng, p.num_classes)):
+            model.optimizer.learning_rate.assign(learning_rate(recipe, epoch, p))
             model.fit(x, y, batch_size=recipe.batch_size, epochs=1, verbose=0)
         accs.append(clip_accuracy(model, prep["test_ps"], with_test_copies(test, clip_actor, recipe), labels, std,
                                   clip_actor)[0])
@@ -257,6 +271,13 @@ ABLATION = (
      dict(speed_perturb=(), test_speeds=(), patches_per_clip=12)),
     ("pooled-speeds", "recipe, but each clip's 4 crops an epoch drawn from it and its two speed copies together: "
                       "the epoch size (and time) of a run without copies", dict(pool_speeds=True)),
+    ("cosine-lr", "recipe with Adam's rate falling from 1e-3 to 5e-5 over the 30 epochs (cosine) instead of constant",
+     dict(lr_decay="cosine")),
+    ("select-with-copies", "recipe, model selection voting the validation clips with their 0.9x/1.1x copies, as the "
+                           "test clips are voted", dict(select_with_test_speeds=True)),
+    ("test-speeds-6", "recipe, test clips voted at six speeds (0.85-1.15 in steps of 0.05; 0.85, 0.95, 1.05 and "
+                      "1.15 are test-only copies, never trained on): the recipe's models, more voters",
+     dict(test_speeds=(0.85, 0.9, 0.95, 1.05, 1.1, 1.15))),
     ("no-test-speeds", "recipe without test-time augmentation (the recipe until it joined): test clips voted as "
                        "recorded, not also at 0.9x and 1.1x", dict(test_speeds=())),
 )
@@ -265,7 +286,7 @@ ABLATION = (
 # recipe fields added after reports were first written -> the value runs made before them ran with (the lever off,
 # whatever the field's default is now)
 FIELDS_ADDED_OFF = {"freq_warp": 0.0, "refit": False, "seeds": [0], "speed_perturb": [], "test_speeds": [],
-                    "pool_speeds": False}
+                    "pool_speeds": False, "lr_decay": "none", "select_with_test_speeds": False}
 
 
 def recipe_as_run(stored: dict) -> dict:
@@ -336,6 +357,13 @@ def _paired_note(r: dict) -> list[str]:
             f"**{100 * r['mean_clip_accuracy_without_test_speeds']:.2f}%** (column *without test copies*).", ""]
 
 
+def _prep_note(r: dict) -> str:
+    if "prep_minutes" not in r:
+        return ""
+    return (f" (training and testing the folds; before them, {r['prep_minutes']:.1f} min of feature preparation: "
+            "YAMNet's trunk on every clip and speed copy, log-mels read from the disk cache when present)")
+
+
 def speech_markdown(r: dict, ablation: list[dict], command: str) -> str:
     paired = "mean_clip_accuracy_without_test_speeds" in r
     lines = ["# Speech branch: RAVDESS, actor-independent 4-fold CV", "",
@@ -343,7 +371,7 @@ def speech_markdown(r: dict, ablation: list[dict], command: str) -> str:
              f"**Mean clip accuracy {100 * r['mean_clip_accuracy']:.2f}% ± {100 * r['std_clip_accuracy']:.2f}** "
              f"(paper: 72.22%), patch accuracy {100 * r['mean_patch_accuracy']:.2f}%, "
              f"head parameters {r['params']:,}, CV time {r['cv_minutes']:.1f} min on "
-             f"{r['machine']['cpu_count']} CPU cores.", "", *_stale_headline(r), *_paired_note(r),
+             f"{r['machine']['cpu_count']} CPU cores{_prep_note(r)}.", "", *_stale_headline(r), *_paired_note(r),
              "| test actors | val actors | clip acc | " + ("without test copies | " if paired else "") +
              "patch acc | test clips | best epochs |", "|---|---|---|---|---|---|" + ("---|" if paired else "")]
     for f in r["folds"]:
@@ -380,6 +408,18 @@ def speech_markdown(r: dict, ablation: list[dict], command: str) -> str:
     return "\n".join(lines)
 
 
+def _tta_gains(*rows: dict) -> str:
+    """The test copies' gain (with minus without, the same models) in each row that has the paired figure."""
+    key = "mean_clip_accuracy_without_test_speeds"
+    if not all(key in a for a in rows):
+        return ""
+    gains = [100 * (a["mean_clip_accuracy"] - a[key]) for a in rows]
+    return " The test copies' paired gain was " + " and ".join(f"{g:+.1f}" for g in gains) + " points in these runs."
+
+
+NOISE_ROW = "recipe-noise-stream"    # the recipe re-run with another random stream (not a lever: run-to-run noise)
+
+
 def limits(r: dict, ablation: list[dict]) -> list[str]:
     """Findings computed from the reports: generalisation gap, the most confused pairs, fold spread."""
     out = []
@@ -392,6 +432,14 @@ def limits(r: dict, ablation: list[dict]) -> list[str]:
     accs = [f["clip_accuracy"] for f in r["folds"]]
     out.append(f"- **Fold spread.** Folds range {100 * min(accs):.1f}–{100 * max(accs):.1f}% (6 actors a fold): "
                "differences under ~4 points between recipes are within noise on 2 folds.")
+    by_name = {a["name"]: a for a in ablation}
+    again, base = by_name.get(NOISE_ROW), by_name.get("recipe")
+    if again and base and again["folds"] == base["folds"]:
+        diffs = [100 * (b - a) for a, b in zip(base["fold_clip_accuracy"], again["fold_clip_accuracy"], strict=True)]
+        out.append(f"- **Run-to-run noise.** The recipe re-run with only its random stream changed (`{NOISE_ROW}`) "
+                   f"moved the ablation folds by {', '.join(f'{d:+.1f}' for d in diffs)} points (mean "
+                   f"{100 * base['mean_clip_accuracy']:.2f}% -> {100 * again['mean_clip_accuracy']:.2f}%): a "
+                   "single-seed 2-fold difference of this size says nothing about a lever." + _tta_gains(base, again))
     cm = np.array(r["confusion"])
     off = cm.astype(float)
     np.fill_diagonal(off, 0)
@@ -419,7 +467,14 @@ def limits(r: dict, ablation: list[dict]) -> list[str]:
                                      ("no-label-smoothing", "from label smoothing 0.1"),
                                      ("no-speed-perturb", "from speed perturbation (0.9, 1.1)"),
                                      ("speed-perturb-4", "vs. four training speeds (0.8-1.2)"),
-                                     ("no-speed-same-steps", "from speed perturbation at equal training steps"))
+                                     ("no-speed-same-steps", "from speed perturbation at equal training steps"),
+                                     ("pooled-speeds", "vs. pooling a clip's copies into its 4 crops (a third of "
+                                                       "the training steps)"),
+                                     ("no-test-speeds", "from the test-time speed copies"),
+                                     ("test-speeds-6", "vs. six test speeds (four of them test-only copies)"),
+                                     ("select-with-copies", "vs. selecting the model on validation clips voted "
+                                                            "with their copies"),
+                                     ("cosine-lr", "vs. a cosine learning-rate decay"))
                  if n in rows]
         text = "; ".join(f"{delta(n)} {t}" for n, t in named) + "."
         small = [n for n in ("no-augment", "test-hop-0.24", "refit") if n in rows and abs(float(delta(n))) < 2]
