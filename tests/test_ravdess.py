@@ -202,7 +202,7 @@ def test_model_selection_can_vote_validation_clips_with_their_test_copies(monkey
         seen.append(np.sort(clips))
         return real_accuracy(model, ps_, clips, *a)
     monkeypatch.setattr(sp, "clip_accuracy", spy)
-    r = sp.SpeechRecipe(epochs=1, patches_per_clip=1, select_with_test_speeds=with_copies)
+    r = sp.SpeechRecipe(epochs=1, patches_per_clip=1, select_with_test_speeds=with_copies, test_speeds=(0.9, 1.1))
     out = sp.train_fold(ps, ps, labels, clip_actor, [1, 2, 3, 4, 5, 6], r, progress=False)
     val = np.flatnonzero(np.isin(clip_actor, out["val_actors"]))            # recorded clips of the val actors
     expected = np.sort(np.concatenate([val, val + n, val + 2 * n])) if with_copies else val

@@ -94,12 +94,15 @@ def test_a_headline_with_test_copies_shows_the_same_models_without_them():
 def test_a_rerun_of_the_recipe_with_another_random_stream_is_reported_as_noise():
     from training.speech_cv import NOISE_ROW
     now = SpeechRecipe()
-    base, again = _row("recipe", 0.68, now), _row(NOISE_ROW, 0.66, now)
+    base, again = _row("test-speeds-2", 0.68, now), _row(NOISE_ROW, 0.66, now)
     base.update(fold_clip_accuracy=[0.76, 0.60], mean_clip_accuracy_without_test_speeds=0.64)
     again.update(fold_clip_accuracy=[0.71, 0.61], mean_clip_accuracy_without_test_speeds=0.65)
-    md = speech_markdown(_headline(now), [base, again], "")
+    two = now.replace(test_speeds=(0.9, 1.1))
+    base["recipe"] = again["recipe"] = dataclasses.asdict(two)
+    md = speech_markdown(_headline(now), [_row("recipe", 0.69, now), base, again], "")
     line = next(ln for ln in md.splitlines() if "Run-to-run noise" in ln)
     assert "-5.0, +1.0 points" in line and "68.00% -> 66.00%" in line and "+4.0 and +1.0" in line
+    assert "Row `test-speeds-2` re-run" in line
     assert "Run-to-run" not in speech_markdown(_headline(now), [base], "")
     levers = next(ln for ln in md.splitlines() if "**Levers**" in ln)
-    assert NOISE_ROW not in levers and "vs. a cosine" not in levers         # not a lever, and no cosine row here
+    assert "from the four test-only speeds" in levers and NOISE_ROW not in levers   # not a lever

@@ -25,6 +25,8 @@ def test_reduced_cv_learns_on_held_out_actors(reduced_run):
     assert fold["n_test_clips"] == 360
     assert fold["clip_accuracy"] >= 0.35, fold
     assert fold["clip_accuracy_without_test_speeds"] >= 0.35, fold     # the same models, recorded clips only
+    assert fold["clip_accuracy_trained_test_speeds"] >= 0.35, fold     # ... with the 0.9x, 1.1x copies only
+    assert res["mean_clip_accuracy_trained_test_speeds"] == fold["clip_accuracy_trained_test_speeds"]
     recorded = prep["test_ps"].of_clips(np.flatnonzero(np.isin(prep["clip_actor"], fold["test_actors"]))).size
     assert fold["n_test_patches"] > 3.5 * recorded                     # the 0.9x, 1.1x and 0.95x copies voted too
     n = len(prep["clips"])

@@ -113,6 +113,8 @@ def run_ablation(args, recipe, p, out: Path, folds, cache, progress) -> int:
             plain = [f["clip_accuracy_without_test_speeds"] for f in res["folds"]]
             done[name].update(fold_clip_accuracy_without_test_speeds=plain,
                               mean_clip_accuracy_without_test_speeds=float(sum(plain) / len(plain)))
+            if "mean_clip_accuracy_trained_test_speeds" in res:
+                done[name]["mean_clip_accuracy_trained_test_speeds"] = res["mean_clip_accuracy_trained_test_speeds"]
         log.info("ablation %s: %.3f", name, res["mean_clip_accuracy"])
         out.mkdir(parents=True, exist_ok=True)
         order = [n for n, _, _ in ABLATION]
