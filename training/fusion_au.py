@@ -223,10 +223,12 @@ def run_cv(prep: dict, au_table: dict[str, np.ndarray], r: SpeechRecipe, p: Para
     training = ("two stages: each branch trained alone, then frozen; only the fusion layers train (the speech and "
                 "AU heads are the single-branch models)" if frozen else
                 "one stage: the three heads train together (summed cross-entropies)")
+    from training.speech_cv import machine_record
     return {**summary, "folds": out, "training": training, "frozen_branches": frozen,
             "protocol": "actor-independent 4-fold CV, clip = majority vote of patch "
             "predictions; AU = per-clip OpenFace means of the RAVDESS AV video", "recipe": dataclasses.asdict(r),
-            "folds_map": [list(f) for f in p.folds], "cv_minutes": (time.time() - t0) / 60}
+            "folds_map": [list(f) for f in p.folds], "cv_minutes": (time.time() - t0) / 60,
+            "machine": machine_record()}
 
 
 def markdown(res: dict, reports: Path) -> str:
@@ -258,7 +260,10 @@ def markdown(res: dict, reports: Path) -> str:
         lines += [f"Speech branch alone (`reports/speech_cv.json`, voting on the recorded clips as this run does"
                   f"{'' if s == sj['mean_clip_accuracy'] else ', not on its test copies'}): {100 * s:.2f}%; the fused head is "
                   f"**{100 * (res['fused'] - s):+.1f} points** above it. The speech head inside the fused graph "
-                  f"scores {100 * (res['speech'] - s):+.1f} points against the standalone speech model.", ""]
+                  f"scores {100 * (res['speech'] - s):+.1f} points against the standalone speech model"
+                  + ("." if res.get("machine") == sj.get("machine") else
+                     " (the two runs do not share a machine record: this one predates it or ran elsewhere, and the "
+                     "same recipe trains slightly differently on another CPU's floating point).") , ""]
     if res.get("frozen_branches"):
         lines += [f"Single branches in these folds: speech {100 * res['speech_branch_alone']:.2f}%, AU "
                   f"{100 * res['au_branch_alone']:.2f}%; the heads of the fused graph equal them exactly (frozen).", ""]

@@ -30,11 +30,21 @@ def _lever_note(sw: dict) -> str:
             f"`{b['lever']}` {100 * b['mean_delta']:+.2f} pt over {len(b['deltas'])} seeds")
 
 
+def _prep(s: dict) -> str:
+    return f" (+ {s['prep_minutes']:.1f} min of trunk features, log-mels cached)" if "prep_minutes" in s else ""
+
+
 def _tta(s: dict) -> str:
     if "mean_clip_accuracy_without_test_speeds" not in s:
         return ""
+    trained = ""
+    if "mean_clip_accuracy_trained_test_speeds" in s:
+        rec = s["recipe"]
+        trained = (f", {100 * s['mean_clip_accuracy_trained_test_speeds']:.2f}% with the "
+                   f"{'/'.join(f'{v:g}x' for v in rec['test_speeds'] if v in rec['speed_perturb'])} copies only")
     return (f"; test clips also voted at {', '.join(f'{v:g}x' for v in s['recipe']['test_speeds'])} speed: the same "
-            f"models score {100 * s['mean_clip_accuracy_without_test_speeds']:.2f}% on the recorded clips alone")
+            f"models score {100 * s['mean_clip_accuracy_without_test_speeds']:.2f}% on the recorded clips alone"
+            + trained)
 
 
 def results_table() -> str:
@@ -44,7 +54,7 @@ def results_table() -> str:
         rows.append(f"| speech, RAVDESS 8 emotions | **{100 * s['mean_clip_accuracy']:.2f}%** ± "
                     f"{100 * s['std_clip_accuracy']:.2f} | 72.22% | actor-independent 4-fold CV, clip = vote of "
                     f"patches; {s['params']:,}-param head; {s['cv_minutes']:.0f} min on {s['machine']['cpu_count']} "
-                    f"cores{_tta(s)} ([speech.md](reports/speech.md)) |")
+                    f"cores{_prep(s)}{_tta(s)} ([speech.md](reports/speech.md)) |")
         sd = s.get("speaker_dependent")
         if sd:
             rows.append(f"| speech, speaker-DEPENDENT split | {100 * sd['mean_clip_accuracy']:.2f}% | – | random "

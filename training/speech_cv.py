@@ -92,6 +92,16 @@ def _save_checkpoint(f: Path | None, content: dict) -> None:
     tmp.replace(f)                         # atomic: a killed run never leaves half a fold
 
 
+def machine_record() -> dict:
+    """Cores, Python and CPU model: the same recipe trains slightly differently on another CPU's floating point."""
+    cpu = platform.processor()
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        cpu = next((ln.split(":", 1)[1].strip() for ln in info.read_text().splitlines()
+                    if ln.lower().startswith("model name")), cpu)
+    return {"cpu_count": __import__("os").cpu_count(), "python": platform.python_version(), "cpu": cpu}
+
+
 def _run_fold(prep: dict, recipe: SpeechRecipe, p: Params, fi: int, progress: bool) -> dict:
     """One fold (every seed of the recipe): its report row and the votes behind the confusion matrix."""
     t0 = time.time()
@@ -166,7 +176,7 @@ def run_cv(prep: dict, recipe: SpeechRecipe, p: Params = Params(), folds: list[i
         "emotions": list(p.emotions),
         "confusion": confusion(np.concatenate(all_true), np.concatenate(all_pred), p.num_classes).tolist(),
         "cv_minutes": sum(f["minutes"] for f in fold_results),       # resumed folds count their own time
-        "machine": {"cpu_count": __import__("os").cpu_count(), "python": platform.python_version()},
+        "machine": machine_record(),
     }
     return result
 
