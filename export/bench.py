@@ -78,14 +78,8 @@ def ready_interpreter(model: bytes | str | Path, threads: int = 1, seed: int = 0
 
 
 def machine_info() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from edge.machine import cpu_model
+    cpu = cpu_model()
     gov = None
     try:
         gov = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor").read_text().strip()

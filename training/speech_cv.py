@@ -94,12 +94,8 @@ def _save_checkpoint(f: Path | None, content: dict) -> None:
 
 def machine_record() -> dict:
     """Cores, Python and CPU model: the same recipe trains slightly differently on another CPU's floating point."""
-    cpu = platform.processor()
-    info = Path("/proc/cpuinfo")
-    if info.is_file():
-        cpu = next((ln.split(":", 1)[1].strip() for ln in info.read_text().splitlines()
-                    if ln.lower().startswith("model name")), cpu)
-    return {"cpu_count": __import__("os").cpu_count(), "python": platform.python_version(), "cpu": cpu}
+    from edge.machine import cpu_model
+    return {"cpu_count": __import__("os").cpu_count(), "python": platform.python_version(), "cpu": cpu_model()}
 
 
 def _run_fold(prep: dict, recipe: SpeechRecipe, p: Params, fi: int, progress: bool) -> dict:
