@@ -106,3 +106,6 @@ def test_recipe_overrides_parse_each_field_type():
     assert type(got["seeds"][0]) is int and type(got["speed_perturb"][0]) is float
     with pytest.raises(SystemExit, match="key=value"):
         _recipe_overrides(["epochs"])
+    assert _recipe_overrides(["speaker_bn=no", "snapshots=3"]) == {"speaker_bn": False, "snapshots": 3}
+    with pytest.raises(SystemExit, match="speaker_bn='ture': expected true or false"):
+        _recipe_overrides(["speaker_bn=ture"])                            # a typo is not silently False

@@ -151,6 +151,30 @@ def test_channel_stats_in_chunks_equal_one_pass(monkeypatch):
     assert m2.dtype == s2.dtype == np.float32 and m2.shape == (5,)
 
 
+def test_half_to_single_is_numpys_cast_for_every_float16():
+    from training.speech import to_float32
+    every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).reshape(16, 64, 64)
+    np.testing.assert_array_equal(to_float32(every), every.astype(np.float32))    # zeros, subnormals, inf, nan
+    assert to_float32(every).dtype == np.float32 and to_float32(every).shape == every.shape
+    x = np.arange(6.0).reshape(2, 3)
+    assert to_float32(x).dtype == np.float32 and (to_float32(x) == x).all()
+
+
+def test_standardizer_applies_each_rows_speaker_statistics():
+    from training.speech import PatchSet, Standardizer
+    rng = np.random.default_rng(0)
+    clip_actor = np.array([1, 1, 2, 2, 3])
+    clip = np.repeat(np.arange(5), 4)
+    ps = PatchSet((rng.normal(size=(20, 2, 3, 4)) * 3 + 1).astype(np.float16), clip, np.zeros(20, int))
+    std = Standardizer.fit(ps, clip_actor, np.array([0, 1, 2, 3]), "actor")
+    actors = np.array([2, 1, 7, 2, 1] * 4)                                # 7: no statistics of its own -> global
+    out = std.apply(ps.x, actors)
+    for i, a in enumerate(actors):
+        key = int(a) if int(a) in std.mean else "global"
+        np.testing.assert_array_equal(out[i], (ps.x[i].astype(np.float32) - std.mean[key]) / std.std[key])
+    assert out.dtype == np.float32
+
+
 def test_pooled_speeds_draw_a_clips_crops_from_all_its_versions():
     from training.speech import PSEUDO_SPEAKER, PatchSet, SpeechRecipe, Standardizer, make_epoch
     real = np.repeat(np.arange(1, 25), 3)

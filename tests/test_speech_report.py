@@ -106,3 +106,57 @@ def test_a_rerun_of_the_recipe_with_another_random_stream_is_reported_as_noise()
     assert "Run-to-run" not in speech_markdown(_headline(now), [base], "")
     levers = next(ln for ln in md.splitlines() if "**Levers**" in ln)
     assert "from the four test-only speeds" in levers and NOISE_ROW not in levers   # not a lever
+
+
+def test_a_snapshot_ensemble_shows_the_best_epoch_alone():
+    now = SpeechRecipe(snapshots=3)
+    r = _headline(now)
+    r["folds"][0].update(clip_accuracy_best_epoch=0.58, snapshot_epochs=[[12, 9, 15]])
+    r["mean_clip_accuracy_best_epoch"] = 0.58
+    row = _row("snapshots-3", 0.61, now)
+    row["mean_clip_accuracy_best_epoch"] = 0.59
+    md = speech_markdown(r, [row], "")
+    assert "3 best validation epochs" in md and "[12, 9, 15]" in md and "scores **58.00%** (folds 58.0)" in md
+    line = next(ln for ln in md.splitlines() if ln.startswith("| snapshots-3"))
+    assert "61.00% (59.00% from each run's best epoch alone)" in line
+    assert "best epoch's model alone" not in speech_markdown(_headline(SpeechRecipe()), [], "")
+
+
+def test_speaker_batchnorm_shows_the_trained_statistics_alongside():
+    now = SpeechRecipe(speaker_bn=True)
+    r = _headline(now)
+    r["folds"][0]["clip_accuracy_without_speaker_bn"] = 0.57
+    r["mean_clip_accuracy_without_speaker_bn"] = 0.57
+    row = _row("speaker-bn", 0.62, now)
+    row["mean_clip_accuracy_without_speaker_bn"] = 0.6
+    md = speech_markdown(r, [row], "")
+    assert "AdaBN" in md and "score **57.00%** (folds 57.0)" in md
+    line = next(ln for ln in md.splitlines() if ln.startswith("| speaker-bn"))
+    assert "62.00% (60.00% from the same models with their trained BatchNorm statistics)" in line
+
+
+def test_rows_on_all_four_folds_get_their_own_levers_line():
+    now = SpeechRecipe()
+    two = [_row("recipe", 0.69, now), _row("val-actors-2", 0.66, now.replace(val_actors=2))]
+    four = [dict(_row("recipe", 0.686, now), folds=[0, 1, 2, 3], cv_minutes=20.8),
+            dict(_row("val-actors-2", 0.70, now.replace(val_actors=2)), folds=[0, 1, 2, 3], cv_minutes=22.0)]
+    md = speech_markdown(_headline(now), two + four, "")
+    levers = [ln for ln in md.splitlines() if ln.startswith("- **Levers**")]
+    assert len(levers) == 2
+    assert "ablation folds" in levers[0] and "+3.0 vs. 2 validation actors" in levers[0]
+    assert "folds [0, 1, 2, 3]" in levers[1] and "-1.4 vs. 2 validation actors" in levers[1]
+    table = [ln for ln in md.splitlines() if ln.startswith("| val-actors-2")]
+    assert len(table) == 2 and table[1].endswith("| 22.0 |")          # a 4-fold row shows its folds' own time
+
+
+def test_a_second_seed_is_reported_as_noise_not_as_a_lever():
+    from training.speech_cv import SEED_ROW
+    now = SpeechRecipe()
+    four = dict(folds=[0, 1, 2, 3])
+    base = dict(_row("recipe", 0.6861, now), fold_clip_accuracy=[0.75, 0.69, 0.63, 0.68], **four)
+    seeded = dict(_row(SEED_ROW, 0.6761, now.replace(seeds=(1,))), fold_clip_accuracy=[0.73, 0.70, 0.60, 0.67],
+                  **four)
+    md = speech_markdown(_headline(now), [base, seeded], "")
+    line = next(ln for ln in md.splitlines() if ln.startswith("- **Seed.**"))
+    assert "67.61% against 68.61%" in line and "-2.0, +1.0, -3.0, -1.0" in line
+    assert "seed" not in next(ln for ln in md.splitlines() if ln.startswith("- **Levers**"))

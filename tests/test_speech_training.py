@@ -1,4 +1,6 @@
 """A reduced actor-independent run that must learn: >= 35% clip accuracy on 6 unseen actors (chance 12.5%)."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -12,7 +14,8 @@ def reduced_run(ravdess_speech, yamnet_tflite, tmp_path_factory):
     from training.speech import SpeechRecipe
     from training.speech_cv import prepare, run_cv
     recipe = SpeechRecipe(epochs=8, patches_per_clip=3, val_actors=2, patience=8, train_hop_frames=16,
-                          test_speeds=(0.9, 1.1, 0.95))   # test-time augmentation (0.95x test-only): paired figure too
+                          test_speeds=(0.9, 1.1, 0.95),   # test-time augmentation (0.95x test-only): paired figure too
+                          snapshots=3)                    # a snapshot ensemble, the best epoch alone paired
     cache = tmp_path_factory.mktemp("cache")
     prep = prepare(ravdess_speech, str(yamnet_tflite), recipe, Params(), cache=cache, progress=False)
     return prep, run_cv(prep, recipe, Params(), folds=[0], progress=False)
@@ -27,6 +30,9 @@ def test_reduced_cv_learns_on_held_out_actors(reduced_run):
     assert fold["clip_accuracy_without_test_speeds"] >= 0.35, fold     # the same models, recorded clips only
     assert fold["clip_accuracy_trained_test_speeds"] >= 0.35, fold     # ... with the 0.9x, 1.1x copies only
     assert res["mean_clip_accuracy_trained_test_speeds"] == fold["clip_accuracy_trained_test_speeds"]
+    assert fold["clip_accuracy_best_epoch"] >= 0.35, fold              # the best epoch's model without its snapshots
+    (snaps,) = fold["snapshot_epochs"]
+    assert len(set(snaps)) == 3 and snaps[0] == fold["best_epochs"][0]
     recorded = prep["test_ps"].of_clips(np.flatnonzero(np.isin(prep["clip_actor"], fold["test_actors"]))).size
     assert fold["n_test_patches"] > 3.5 * recorded                     # the 0.9x, 1.1x and 0.95x copies voted too
     n = len(prep["clips"])
@@ -102,3 +108,58 @@ def test_an_interrupted_cv_resumes_after_its_last_finished_fold(tmp_path, monkey
     cv.run_cv(prep, recipe.replace(epochs=4), Params(), folds=[0], checkpoints=tmp_path)
     assert calls == [0, 2, 2, 0]                                         # another recipe: trained afresh
     assert not list(tmp_path.rglob("*.tmp"))
+    key = cv.checkpoint_file(tmp_path, prep, recipe, Params(), "fold", 0)
+    older = {k: v for k, v in dataclasses.asdict(recipe).items() if k not in cv.KEY_NEUTRAL}
+    monkeypatch.setattr(cv, "asdict", lambda r: older if r is recipe else dataclasses.asdict(r))
+    assert cv.checkpoint_file(tmp_path, prep, recipe, Params(), "fold", 0) == key   # a recipe from before a lever
+    for field, off in cv.KEY_NEUTRAL.items():                           # ... turned on: another key
+        on = recipe.replace(**{field: (off + 2) if isinstance(off, int) and not isinstance(off, bool) else not off})
+        assert cv.checkpoint_file(tmp_path, prep, on, Params(), "fold", 0) != key
+
+
+class _Weights:
+    """A stand-in model whose weights are the epoch it was asked at."""
+    epoch = 0
+
+    def get_weights(self):
+        return [self.epoch]
+
+
+def test_the_selector_keeps_the_best_epochs_as_snapshots():
+    from training.speech import ModelSelector
+    model, sel = _Weights(), ModelSelector(patience=3, keep=3)
+    stopped = []
+    for epoch, score in enumerate([0.2, 0.5, 0.4, 0.5, 0.6, 0.1, 0.3, 0.2], start=1):
+        model.epoch = epoch
+        stopped.append(sel.update(model, score, epoch))
+    assert [(s, e) for s, e, _ in sel.snapshots] == [(0.6, 5), (0.5, 2), (0.5, 4)]   # ties: the earlier epoch first
+    assert [w for _, _, (w,) in sel.snapshots] == [5, 2, 4]
+    assert sel.best_epoch == 5 and sel.best_weights == [5]
+    assert stopped == [False] * 7 + [True]                             # patience counts from the best epoch
+    assert ModelSelector(3).snapshots == [] and ModelSelector(3, keep=1).update(model, 0.3, 1) is False
+
+
+def test_speaker_batchnorm_removes_a_speakers_offset():
+    """AdaBN: a speaker whose features are another's plus a per-channel offset gets the same probabilities once
+    each speaker's BatchNorm statistics are its own; the model's statistics are restored afterwards."""
+    import keras
+
+    from training.speech import predict_speaker_bn
+    keras.utils.set_random_seed(0)
+    x_in = keras.Input((4, 3, 2))
+    h = keras.layers.Conv2D(5, 1)(x_in)
+    h = keras.layers.BatchNormalization()(h)
+    h = keras.layers.ReLU()(h)
+    h = keras.layers.Dense(6)(keras.layers.Flatten()(h))
+    h = keras.layers.BatchNormalization()(h)
+    model = keras.Model(x_in, keras.layers.Dense(8, activation="softmax")(h))
+    a = np.random.default_rng(0).normal(size=(40, 4, 3, 2)).astype(np.float32)
+    x = np.concatenate([a, a + np.array([3.0, -2.0], np.float32)])
+    speakers = np.repeat([1, 2], 40)
+    before = [w.copy() for w in model.get_weights()]
+    adapted = predict_speaker_bn(model, x, speakers)
+    np.testing.assert_allclose(adapted[:40], adapted[40:], atol=1e-5)
+    plain = model.predict(x, verbose=0)
+    assert np.abs(plain[:40] - plain[40:]).max() > 1e-2                  # the trained statistics keep the offset
+    for w0, w1 in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(w0, w1)

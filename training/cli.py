@@ -34,6 +34,8 @@ def _recipe_overrides(pairs: list[str]) -> dict:
         if isinstance(default, tuple):
             out[k] = tuple(int(x) if x.lstrip("-").isdigit() else float(x) for x in v.split(",") if x)
         elif isinstance(default, bool):
+            if v.lower() not in ("1", "true", "yes", "0", "false", "no"):
+                raise SystemExit(f"--set {k}={v!r}: expected true or false")
             out[k] = v.lower() in ("1", "true", "yes")
         else:
             out[k] = type(default)(v)
@@ -84,7 +86,8 @@ def _load_ablation(out: Path) -> list[dict]:
 def run_ablation(args, recipe, p, out: Path, folds, cache, progress) -> int:
     """Run every ABLATION variant not yet in reports/speech_ablation.json (resumable)."""
     from training.speech_cv import ABLATION, prepare, recipe_as_run, run_cv
-    done = {a["name"]: a for a in _load_ablation(out)}
+    done = {(a["name"], json.dumps(a["folds"])): a for a in _load_ablation(out)}   # a row per name and folds
+    fkey = json.dumps(json.loads(json.dumps(folds or "all")))
     prep_cache: dict = {}
     names = [n for n, _, _ in ABLATION]
     only = args.rows.split(",") if getattr(args, "rows", None) else names
@@ -95,9 +98,9 @@ def run_ablation(args, recipe, p, out: Path, folds, cache, progress) -> int:
         if name not in only:
             continue
         r = recipe.replace(**over)
-        same_recipe = name in done and recipe_as_run(done[name]["recipe"]) == recipe_as_run(dataclasses.asdict(r))
-        if same_recipe and done[name]["folds"] == json.loads(json.dumps(folds or "all")):
-            log.info("ablation %s: cached (%.3f)", name, done[name]["mean_clip_accuracy"])
+        row = done.get((name, fkey))
+        if row and recipe_as_run(row["recipe"]) == recipe_as_run(dataclasses.asdict(r)):
+            log.info("ablation %s: cached (%.3f)", name, row["mean_clip_accuracy"])
             continue
         t = time.time()
         key = (r.logmel_norm, r.train_hop_frames, r.test_hop_frames, r.speed_perturb, r.test_speeds)   # prepare()'s inputs
@@ -105,20 +108,25 @@ def run_ablation(args, recipe, p, out: Path, folds, cache, progress) -> int:
             prep_cache.clear()
             prep_cache[key] = prepare(args.data, args.yamnet, r, p, cache, progress)
         res = run_cv(prep_cache[key], r, p, folds, progress, cache / CHECKPOINTS if cache else None)
-        done[name] = {"name": name, "change": change, "folds": folds or "all", "recipe": dataclasses.asdict(r),
-                      "mean_clip_accuracy": res["mean_clip_accuracy"],
-                      "fold_clip_accuracy": [f["clip_accuracy"] for f in res["folds"]],
-                      "minutes": (time.time() - t) / 60}
+        row = done[(name, fkey)] = {"name": name, "change": change, "folds": folds or "all",
+                                    "recipe": dataclasses.asdict(r), "mean_clip_accuracy": res["mean_clip_accuracy"],
+                                    "fold_clip_accuracy": [f["clip_accuracy"] for f in res["folds"]],
+                                    "minutes": (time.time() - t) / 60,
+                                    "cv_minutes": res["cv_minutes"]}   # the folds' own time (resumed ones too)
         if r.test_speeds:                 # the same models voting on the recorded clips alone: a paired figure
             plain = [f["clip_accuracy_without_test_speeds"] for f in res["folds"]]
-            done[name].update(fold_clip_accuracy_without_test_speeds=plain,
-                              mean_clip_accuracy_without_test_speeds=float(sum(plain) / len(plain)))
+            row.update(fold_clip_accuracy_without_test_speeds=plain,
+                       mean_clip_accuracy_without_test_speeds=float(sum(plain) / len(plain)))
             if "mean_clip_accuracy_trained_test_speeds" in res:
-                done[name]["mean_clip_accuracy_trained_test_speeds"] = res["mean_clip_accuracy_trained_test_speeds"]
+                row["mean_clip_accuracy_trained_test_speeds"] = res["mean_clip_accuracy_trained_test_speeds"]
+        for paired in ("mean_clip_accuracy_best_epoch", "mean_clip_accuracy_without_speaker_bn"):
+            if paired in res:                  # the same run's models without the snapshots / speaker statistics
+                row[paired] = res[paired]
         log.info("ablation %s: %.3f", name, res["mean_clip_accuracy"])
         out.mkdir(parents=True, exist_ok=True)
         order = [n for n, _, _ in ABLATION]
-        rows = sorted(done.values(), key=lambda a: order.index(a["name"]) if a["name"] in order else 99)
+        rows = sorted(done.values(), key=lambda a: (len(json.dumps(a["folds"])),
+                                                    order.index(a["name"]) if a["name"] in order else 99))
         (out / "speech_ablation.json").write_text(json.dumps(rows, indent=2))
     cv = out / "speech_cv.json"
     if cv.is_file():                     # keep the ablation table of speech.md in step with the json

@@ -65,13 +65,19 @@ def prepare(data: str | Path, yamnet: str, recipe: SpeechRecipe, p: Params = Par
             "skipped": skipped_names + skipped_audio}
 
 
+# recipe fields added after fold checkpoints were written, at their off value, leave a fold's result unchanged:
+# they stay out of its checkpoint key, so those checkpoints still serve the recipe
+KEY_NEUTRAL = {"snapshots": 1, "speaker_bn": False}
+
+
 def checkpoint_file(checkpoints: Path | None, prep: dict, recipe: SpeechRecipe, p: Params, kind: str,
                     fold: int) -> Path | None:
     """Where a finished fold of this run is kept: keyed by recipe, Params and the clips (names and labels), so an
     interrupted run resumes at the first unfinished fold and any change starts afresh."""
     if checkpoints is None:
         return None
-    ident = json.dumps({"recipe": asdict(recipe), "params": asdict(p), "labels": np.asarray(prep["labels"]).tolist(),
+    rec = {k: v for k, v in asdict(recipe).items() if k not in KEY_NEUTRAL or v != KEY_NEUTRAL[k]}
+    ident = json.dumps({"recipe": rec, "params": asdict(p), "labels": np.asarray(prep["labels"]).tolist(),
                         "clips": [Path(c.path).name for c in prep["clips"]]}, sort_keys=True, default=str)
     return checkpoints / hashlib.sha256(ident.encode()).hexdigest()[:16] / f"{kind}_{fold}.json"
 
@@ -115,6 +121,15 @@ def _run_fold(prep: dict, recipe: SpeechRecipe, p: Params, fi: int, progress: bo
             "best_epochs": [r["best_epoch"] for r in runs],
             "val_clip_accuracy": [r["val_clip_accuracy"] for r in runs],
             "single_seed_clip_accuracy": [r["clip_accuracy"] for r in runs]}
+    def paired(key: str) -> float:   # the clip accuracy of the same runs' other probabilities (own where none)
+        ids2, pred2 = vote(np.mean([r.get(key, r["probs"]) for r in runs], axis=0),
+                           recorded_clip(test_ps.clip[rows], clip_actor))
+        return float(np.mean(pred2 == labels[ids2]))
+    if any("probs_best_epoch" in r for r in runs):  # the best epochs' models alone, without their snapshots
+        fold["clip_accuracy_best_epoch"] = paired("probs_best_epoch")
+        fold["snapshot_epochs"] = [r.get("snapshot_epochs", [r["best_epoch"]]) for r in runs]
+    if recipe.speaker_bn:                           # the best epochs' models with their trained BatchNorm statistics
+        fold["clip_accuracy_without_speaker_bn"] = paired("probs_without_speaker_bn")
     if recipe.test_speeds:            # the same models without test-time augmentation: a paired figure
         rec = test_ps.clip[rows] < n_recorded(clip_actor)
         ids0, pred0 = vote(probs[rec], test_ps.clip[rows][rec])
@@ -159,6 +174,11 @@ def run_cv(prep: dict, recipe: SpeechRecipe, p: Params = Params(), folds: list[i
         "mean_patch_accuracy": float(np.mean([f["patch_accuracy"] for f in fold_results])),
         **({"mean_clip_accuracy_without_test_speeds":
             float(np.mean([f["clip_accuracy_without_test_speeds"] for f in fold_results]))} if recipe.test_speeds else {}),
+        **({"mean_clip_accuracy_without_speaker_bn":
+            float(np.mean([f["clip_accuracy_without_speaker_bn"] for f in fold_results]))}
+           if fold_results and all("clip_accuracy_without_speaker_bn" in f for f in fold_results) else {}),
+        **({"mean_clip_accuracy_best_epoch": float(np.mean([f["clip_accuracy_best_epoch"] for f in fold_results]))}
+           if fold_results and all("clip_accuracy_best_epoch" in f for f in fold_results) else {}),
         **({"mean_clip_accuracy_trained_test_speeds":
             float(np.mean([f["clip_accuracy_trained_test_speeds"] for f in fold_results]))}
            if all("clip_accuracy_trained_test_speeds" in f for f in fold_results) and fold_results else {}),
@@ -217,7 +237,7 @@ def speaker_dependent(prep: dict, recipe: SpeechRecipe, p: Params = Params(), n_
             model.optimizer.learning_rate.assign(learning_rate(recipe, epoch, p))
             model.fit(x, y, batch_size=recipe.batch_size, epochs=1, verbose=0)
         accs.append(clip_accuracy(model, prep["test_ps"], with_test_copies(test, clip_actor, recipe), labels, std,
-                                  clip_actor)[0])
+                                  clip_actor, recipe.speaker_bn)[0])
         _save_checkpoint(ckpt, {"clip_accuracy": accs[-1]})
         log.info("speaker-dependent fold %d: %.3f", k, accs[-1])
     return {"protocol": f"speaker-DEPENDENT random {n_folds}-fold split over clips (same actors in train and test), "
@@ -278,8 +298,11 @@ ABLATION = (
      dict(label_smoothing=0.0)),
     ("no-speed-perturb", "recipe without speed perturbation (the recipe until speed perturbation joined it)",
      dict(speed_perturb=(), test_speeds=())),
-    ("speed-perturb-4", "recipe with four training speeds (0.8, 0.9, 1.1, 1.2) instead of two",
-     dict(speed_perturb=(0.8, 0.9, 1.1, 1.2))),
+    ("speed-perturb-4", "recipe with four training speeds (0.8, 0.9, 1.1, 1.2) instead of two; 20 epochs at most "
+                        "(patience 7), as each epoch holds 5/3 of the crops",
+     dict(speed_perturb=(0.8, 0.9, 1.1, 1.2), epochs=20, patience=7)),
+    ("val-actors-2", "recipe with 2 validation actors (1 M + 1 F) instead of 4: 16 training actors, not 14",
+     dict(val_actors=2)),
     ("no-speed-same-steps", "recipe without speed perturbation but 12 crops per clip an epoch: the same training "
                             "steps as the recipe (whose copies triple an epoch)",
      dict(speed_perturb=(), test_speeds=(), patches_per_clip=12)),
@@ -289,6 +312,12 @@ ABLATION = (
      dict(lr_decay="cosine")),
     ("select-with-copies", "recipe, model selection voting the validation clips with their 0.9x/1.1x copies, as the "
                            "test clips are voted", dict(select_with_test_speeds=True)),
+    ("snapshots-3", "recipe, test patches get the mean probabilities of the models of each run's 3 best validation "
+                    "epochs (a snapshot ensemble: one training run)", dict(snapshots=3)),
+    ("speaker-bn", "recipe, test speakers predicted with BatchNorm statistics of their own patches (AdaBN)",
+     dict(speaker_bn=True)),
+    ("seed-1", "the recipe with seed 1 (validation actors, initialisation and every draw) instead of 0: not a "
+               "lever, a measure of run-to-run noise", dict(seeds=(1,))),
     ("test-speeds-2", "recipe, test clips voted with their 0.9x/1.1x copies only (the training speeds; the recipe "
                       "until the four test-only speeds joined it)", dict(test_speeds=(0.9, 1.1))),
     ("no-test-speeds", "recipe without test-time augmentation (the recipe until it joined): test clips voted as "
@@ -299,7 +328,8 @@ ABLATION = (
 # recipe fields added after reports were first written -> the value runs made before them ran with (the lever off,
 # whatever the field's default is now)
 FIELDS_ADDED_OFF = {"freq_warp": 0.0, "refit": False, "seeds": [0], "speed_perturb": [], "test_speeds": [],
-                    "pool_speeds": False, "lr_decay": "none", "select_with_test_speeds": False}
+                    "pool_speeds": False, "lr_decay": "none", "select_with_test_speeds": False, "snapshots": 1,
+                    "speaker_bn": False}
 
 
 def recipe_as_run(stored: dict) -> dict:
@@ -371,16 +401,37 @@ def _paired_note(r: dict) -> list[str]:
             + _trained_speeds_note(r), ""]
 
 
+def _paired_figure(r: dict, name: str) -> str:
+    """A paired figure of the headline, its mean in bold and each fold's: '**67.78%** (folds 74.2, ...)'."""
+    folds = ", ".join(f"{100 * f[f'clip_accuracy_{name}']:.1f}" for f in r["folds"])
+    return f"**{100 * r[f'mean_clip_accuracy_{name}']:.2f}%** (folds {folds})"
+
+
 def _trained_speeds_note(r: dict) -> str:
     if "mean_clip_accuracy_trained_test_speeds" not in r:
         return ""
     rec = r["recipe"]
     trained = ", ".join(f"{s:g}x" for s in rec["test_speeds"] if s in rec["speed_perturb"])
     only = ", ".join(f"{s:g}x" for s in rec["test_speeds"] if s not in rec["speed_perturb"])
-    folds = ", ".join(f"{100 * f['clip_accuracy_trained_test_speeds']:.1f}" for f in r["folds"])
     return (f" {only} are test-only copies (speeds never trained on); voting with the copies at the training speeds "
-            f"({trained}) alone, the same models score **{100 * r['mean_clip_accuracy_trained_test_speeds']:.2f}%** "
-            f"(folds {folds}).")
+            f"({trained}) alone, the same models score {_paired_figure(r, 'trained_test_speeds')}.")
+
+
+def _snapshot_note(r: dict) -> list[str]:
+    if "mean_clip_accuracy_best_epoch" not in r:
+        return []
+    return [f"Snapshot ensemble: test patches get the mean probabilities of the models of the "
+            f"{r['recipe']['snapshots']} best validation epochs of one training run (epochs per fold: "
+            f"{'; '.join(str(f['snapshot_epochs'][0]) for f in r['folds'])}). The best epoch's model alone, voting "
+            f"the same clips, scores {_paired_figure(r, 'best_epoch')}.", ""]
+
+
+def _speaker_bn_note(r: dict) -> list[str]:
+    if "mean_clip_accuracy_without_speaker_bn" not in r:
+        return []
+    return ["Speaker BatchNorm (AdaBN): each test speaker (and speed copy) is predicted with BatchNorm statistics "
+            "of its own patches (model selection used the trained ones). With their trained statistics the same "
+            f"models score {_paired_figure(r, 'without_speaker_bn')}.", ""]
 
 
 def _prep_note(r: dict) -> str:
@@ -398,6 +449,7 @@ def speech_markdown(r: dict, ablation: list[dict], command: str) -> str:
              f"(paper: 72.22%), patch accuracy {100 * r['mean_patch_accuracy']:.2f}%, "
              f"head parameters {r['params']:,}, CV time {r['cv_minutes']:.1f} min on "
              f"{r['machine']['cpu_count']} CPU cores{_prep_note(r)}.", "", *_stale_headline(r), *_paired_note(r),
+             *_snapshot_note(r), *_speaker_bn_note(r),
              "| test actors | val actors | clip acc | " + ("without test copies | " if paired else "") +
              "patch acc | test clips | best epochs |", "|---|---|---|---|---|---|" + ("---|" if paired else "")]
     for f in r["folds"]:
@@ -418,7 +470,7 @@ def speech_markdown(r: dict, ablation: list[dict], command: str) -> str:
                   f"(folds {', '.join(f'{100 * a:.1f}' for a in sd['fold_clip_accuracy'])}).", ""]
     if ablation:
         lines += ["## Ablation", "", "`edge-train speech --ablation --folds 0,2` (resumable; rows in "
-                  "reports/speech_ablation.json). Each row changes one thing against the recipe it was measured "
+                  "reports/speech_ablation.json; rows on all four folds: `--folds 0,1,2,3`). Each row changes one thing against the recipe it was measured "
                   "with: the current one, or where the base column says so, an earlier one (the row's full recipe "
                   "is in the json; the next `--ablation` run re-measures it).", "",
                   "| variant | change | base | folds | mean clip acc | minutes |", "|---|---|---|---|---|---|"]
@@ -427,8 +479,13 @@ def speech_markdown(r: dict, ablation: list[dict], command: str) -> str:
             base = "recipe" if not differs else "recipe with " + ", ".join(f"{k}={v}" for k, v in differs.items())
             paired = (f" ({100 * a['mean_clip_accuracy_without_test_speeds']:.2f}% from the same models without the "
                       "test copies)") if "mean_clip_accuracy_without_test_speeds" in a else ""
+            if "mean_clip_accuracy_best_epoch" in a:
+                paired += f" ({100 * a['mean_clip_accuracy_best_epoch']:.2f}% from each run's best epoch alone)"
+            if "mean_clip_accuracy_without_speaker_bn" in a:
+                paired += (f" ({100 * a['mean_clip_accuracy_without_speaker_bn']:.2f}% from the same models with "
+                           "their trained BatchNorm statistics)")
             lines.append(f"| {a['name']} | {a['change']} | {base} | {a['folds']} | "
-                         f"{100 * a['mean_clip_accuracy']:.2f}%{paired} | {a['minutes']:.1f} |")
+                         f"{100 * a['mean_clip_accuracy']:.2f}%{paired} | {a.get('cv_minutes', a['minutes']):.1f} |")
     lines += ["", "## What limits it", ""] + limits(r, ablation)
     lines += ["", "Recipe: `" + json.dumps(r["recipe"]) + "`", "", f"Folds (actors): {r['folds_map']}", ""]
     return "\n".join(lines)
@@ -443,6 +500,7 @@ def _tta_gains(*rows: dict) -> str:
     return " The test copies' paired gain was " + " and ".join(f"{g:+.1f}" for g in gains) + " points in these runs."
 
 
+SEED_ROW = "seed-1"                  # the recipe with another seed: how far a mean moves with no lever
 NOISE_ROW = "recipe-noise-stream"    # the recipe re-run with another random stream (not a lever: run-to-run noise)
 
 
@@ -467,6 +525,16 @@ def limits(r: dict, ablation: list[dict]) -> list[str]:
                    f"moved the ablation folds by {', '.join(f'{d:+.1f}' for d in diffs)} points (mean "
                    f"{100 * base['mean_clip_accuracy']:.2f}% -> {100 * again['mean_clip_accuracy']:.2f}%): a "
                    "single-seed 2-fold difference of this size says nothing about a lever." + _tta_gains(base, again))
+    for seeded in (a for a in ablation if a["name"] == SEED_ROW):
+        base = next((a for a in ablation if a["name"] == "recipe" and a["folds"] == seeded["folds"]), None)
+        if base is None:
+            continue
+        diffs = [100 * (b - a) for a, b in zip(base["fold_clip_accuracy"], seeded["fold_clip_accuracy"], strict=True)]
+        out.append(f"- **Seed.** The recipe with seed 1 instead of 0 (other validation actors, initialisation and "
+                   f"draws; `{SEED_ROW}`) on folds {seeded['folds']}: {100 * seeded['mean_clip_accuracy']:.2f}% "
+                   f"against {100 * base['mean_clip_accuracy']:.2f}%, folds moved by "
+                   f"{', '.join(f'{d:+.1f}' for d in diffs)} points. Single-seed rows differ from the recipe by "
+                   "this much with no lever at all.")
     cm = np.array(r["confusion"])
     off = cm.astype(float)
     np.fill_diagonal(off, 0)
@@ -477,7 +545,18 @@ def limits(r: dict, ablation: list[dict]) -> list[str]:
     out.append(f"- **Short context.** A patch is 0.96 s; a trimmed clip gives {r['patches_per_clip']['mean']:.1f} "
                f"patches on average, so a clip's vote has few voters (patch accuracy "
                f"{100 * r['mean_patch_accuracy']:.1f}% vs clip {100 * r['mean_clip_accuracy']:.1f}%).")
-    rows = {a["name"]: a for a in ablation}
+    fold_sets = sorted({json.dumps(a["folds"]) for a in ablation}, key=len)
+    for i, fs in enumerate(fold_sets):
+        text = _levers(r, [a for a in ablation if json.dumps(a["folds"]) == fs], ablation)
+        if text:
+            out.append("- **Levers** (the recipe a row was measured against minus the row, points, on "
+                       + ("the ablation folds" if i == 0 else f"folds {fs}") + "): " + text)
+    return out
+
+
+def _levers(r: dict, group: list[dict], ablation: list[dict]) -> str:
+    """The levers of one set of folds: each row against the row of its base recipe on the same folds."""
+    rows = {a["name"]: a for a in group}
     bases = {n: ablation_base(a, ablation, current_recipe())[1] for n, a in rows.items()}
     rows = {n: a for n, a in rows.items() if n == "recipe" or bases[n] is not None}
     if "recipe" in rows:
@@ -494,11 +573,14 @@ def limits(r: dict, ablation: list[dict]) -> list[str]:
                                      ("no-label-smoothing", "from label smoothing 0.1"),
                                      ("no-speed-perturb", "from speed perturbation (0.9, 1.1)"),
                                      ("speed-perturb-4", "vs. four training speeds (0.8-1.2)"),
+                                     ("val-actors-2", "vs. 2 validation actors (16 training actors)"),
                                      ("no-speed-same-steps", "from speed perturbation at equal training steps"),
                                      ("pooled-speeds", "vs. pooling a clip's copies into its 4 crops (a third of "
                                                        "the training steps)"),
                                      ("no-test-speeds", "from the test-time speed copies"),
                                      ("test-speeds-2", "from the four test-only speeds"),
+                                     ("snapshots-3", "vs. a snapshot ensemble of each run's 3 best epochs"),
+                                     ("speaker-bn", "vs. per-speaker BatchNorm statistics (AdaBN)"),
                                      ("select-with-copies", "vs. selecting the model on validation clips voted "
                                                             "with their copies"),
                                      ("cosine-lr", "vs. a cosine learning-rate decay"))
@@ -508,9 +590,8 @@ def limits(r: dict, ablation: list[dict]) -> list[str]:
         if "no-speaker-norm" in rows and float(delta("no-speaker-norm")) > 3 and small:
             text += (" Speaker normalisation is the lever that matters; once speakers are normalised, "
                      + ", ".join(small) + " move the result by less than 2 points (within the fold noise).")
-        out.append("- **Levers** (the recipe a row was measured against minus the row, points, on the ablation "
-                   "folds): " + text)
-    return out
+        return text
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:
