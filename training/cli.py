@@ -113,15 +113,11 @@ def run_ablation(args, recipe, p, out: Path, folds, cache, progress) -> int:
                                     "fold_clip_accuracy": [f["clip_accuracy"] for f in res["folds"]],
                                     "minutes": (time.time() - t) / 60,
                                     "cv_minutes": res["cv_minutes"]}   # the folds' own time (resumed ones too)
-        if r.test_speeds:                 # the same models voting on the recorded clips alone: a paired figure
-            plain = [f["clip_accuracy_without_test_speeds"] for f in res["folds"]]
-            row.update(fold_clip_accuracy_without_test_speeds=plain,
-                       mean_clip_accuracy_without_test_speeds=float(sum(plain) / len(plain)))
-            if "mean_clip_accuracy_trained_test_speeds" in res:
-                row["mean_clip_accuracy_trained_test_speeds"] = res["mean_clip_accuracy_trained_test_speeds"]
-        for paired in ("mean_clip_accuracy_best_epoch", "mean_clip_accuracy_without_speaker_bn"):
-            if paired in res:                  # the same run's models without the snapshots / speaker statistics
-                row[paired] = res[paired]
+        # the paired figures: the same models voted another way (recorded clips alone, without snapshots, ...)
+        row.update({k: v for k, v in res.items() if k.startswith("mean_clip_accuracy_")})
+        if r.test_speeds:
+            row["fold_clip_accuracy_without_test_speeds"] = [f["clip_accuracy_without_test_speeds"]
+                                                             for f in res["folds"]]
         log.info("ablation %s: %.3f", name, res["mean_clip_accuracy"])
         out.mkdir(parents=True, exist_ok=True)
         order = [n for n, _, _ in ABLATION]

@@ -514,7 +514,6 @@ def train_fold(train_ps: PatchSet, test_ps: PatchSet, labels: np.ndarray, clip_a
     out = {"model": model, "standardizer": std, "val_actors": val_actors, "best_epoch": best_epoch,
            "val_clip_accuracy": best, "history": history, "clip_accuracy": acc, "patch_accuracy": patch_acc,
            "test_rows": test_ps.of_clips(eval_clips), "probs": probs}
-    test_clip = recorded_clip(test_ps.clip[out["test_rows"]], clip_actor)
     if r.speaker_bn:                              # the same model with its trained BatchNorm statistics: paired
         out["probs_without_speaker_bn"] = clip_accuracy(model, test_ps, eval_clips, labels, std, clip_actor)[4]
     if len(selector.snapshots) > 1:               # snapshot ensemble; the best epoch's model alone stays paired
@@ -525,7 +524,7 @@ def train_fold(train_ps: PatchSet, test_ps: PatchSet, labels: np.ndarray, clip_a
             if r.speaker_bn:
                 snap_plain.append(clip_accuracy(model, test_ps, eval_clips, labels, std, clip_actor)[4])
         model.set_weights(selector.best_weights)  # the returned model is the best epoch's
-        ids, pred = vote(np.mean(snap_probs, axis=0), test_clip)
+        ids, pred = vote(np.mean(snap_probs, axis=0), recorded_clip(test_ps.clip[out["test_rows"]], clip_actor))
         out.update(probs_best_epoch=probs, probs=np.mean(snap_probs, axis=0), clip_accuracy=float(np.mean(
             pred == labels[ids])), snapshot_epochs=[e for _, e, _ in selector.snapshots])
         if r.speaker_bn:

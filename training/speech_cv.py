@@ -143,6 +143,10 @@ def _run_fold(prep: dict, recipe: SpeechRecipe, p: Params, fi: int, progress: bo
     return {"fold": fold, "true": labels[ids].tolist(), "pred": pred.tolist()}
 
 
+# paired figures a fold may carry besides clip_accuracy (clip_accuracy_<name>: the same runs voted another way)
+PAIRED = ("without_speaker_bn", "best_epoch", "trained_test_speeds")
+
+
 def run_cv(prep: dict, recipe: SpeechRecipe, p: Params = Params(), folds: list[int] | None = None,
            progress: bool = True, checkpoints: Path | None = None) -> dict:
     """Run the folds (all by default); returns the speech_cv.json content. With ``checkpoints`` (a folder) each
@@ -174,14 +178,8 @@ def run_cv(prep: dict, recipe: SpeechRecipe, p: Params = Params(), folds: list[i
         "mean_patch_accuracy": float(np.mean([f["patch_accuracy"] for f in fold_results])),
         **({"mean_clip_accuracy_without_test_speeds":
             float(np.mean([f["clip_accuracy_without_test_speeds"] for f in fold_results]))} if recipe.test_speeds else {}),
-        **({"mean_clip_accuracy_without_speaker_bn":
-            float(np.mean([f["clip_accuracy_without_speaker_bn"] for f in fold_results]))}
-           if fold_results and all("clip_accuracy_without_speaker_bn" in f for f in fold_results) else {}),
-        **({"mean_clip_accuracy_best_epoch": float(np.mean([f["clip_accuracy_best_epoch"] for f in fold_results]))}
-           if fold_results and all("clip_accuracy_best_epoch" in f for f in fold_results) else {}),
-        **({"mean_clip_accuracy_trained_test_speeds":
-            float(np.mean([f["clip_accuracy_trained_test_speeds"] for f in fold_results]))}
-           if all("clip_accuracy_trained_test_speeds" in f for f in fold_results) and fold_results else {}),
+        **{f"mean_clip_accuracy_{name}": float(np.mean([f[f"clip_accuracy_{name}"] for f in fold_results]))
+           for name in PAIRED if fold_results and all(f"clip_accuracy_{name}" in f for f in fold_results)},
         "params": int(build_head(recipe, p).count_params()),
         "patches_per_clip": {"mean": float(n_per_clip.mean()), "min": int(n_per_clip.min()),
                              "max": int(n_per_clip.max()), "hop_seconds": recipe.test_hop_frames / 100},
