@@ -248,9 +248,12 @@ class Standardizer:
         speakers, which = np.unique(actors, return_inverse=True)
         keys = [int(a) if int(a) in self.mean else "global" for a in speakers]
         shape = (len(x),) + (1,) * (x.ndim - 2) + (x.shape[-1],)
+
+        def per_row(stats: dict) -> np.ndarray:
+            return np.stack([stats[k] for k in keys]).astype(np.float32)[which.reshape(-1)].reshape(shape)
         out = to_float32(x)
-        out -= np.stack([self.mean[k] for k in keys]).astype(np.float32)[which.reshape(-1)].reshape(shape)
-        out /= np.stack([self.std[k] for k in keys]).astype(np.float32)[which.reshape(-1)].reshape(shape)
+        out -= per_row(self.mean)
+        out /= per_row(self.std)
         return out
 
 
@@ -514,7 +517,7 @@ def train_fold(train_ps: PatchSet, test_ps: PatchSet, labels: np.ndarray, clip_a
     out = {"model": model, "standardizer": std, "val_actors": val_actors, "best_epoch": best_epoch,
            "val_clip_accuracy": best, "history": history, "clip_accuracy": acc, "patch_accuracy": patch_acc,
            "test_rows": test_ps.of_clips(eval_clips), "probs": probs}
-    if r.speaker_bn:                              # the same model with its trained BatchNorm statistics: paired
+    if r.speaker_bn and len(selector.snapshots) < 2:  # the same model with its trained BatchNorm statistics: paired
         out["probs_without_speaker_bn"] = clip_accuracy(model, test_ps, eval_clips, labels, std, clip_actor)[4]
     if len(selector.snapshots) > 1:               # snapshot ensemble; the best epoch's model alone stays paired
         snap_probs, snap_plain = [], []
