@@ -96,6 +96,12 @@ def test_test_time_copies_vote_for_their_recorded_clip():
     assert np.array_equal(with_test_copies(tst, clip_actor, SpeechRecipe(test_speeds=())), tst)    # off
     extra = SpeechRecipe(speed_perturb=(0.9, 1.1), test_speeds=(1.1, 0.8))   # 0.8: a test-only copy, block 3
     assert extra.copy_speeds() == (0.9, 1.1, 0.8)
+    pitched = extra.replace(pitch_perturb=(0.9,))                       # a pitch copy is block 3, 0.8 moves to 4
+    assert pitched.copies() == ((0.9, False), (1.1, False), (0.9, True), (0.8, False))
+    assert pitched.n_training_versions() == 4
+    assert with_test_copies(tst, clip_actor, pitched.replace(test_speeds=(0.8,))).tolist() == \
+        tst.tolist() + (tst + 4 * n).tolist()
+    assert SpeechRecipe(keep_tempo=True).copies()[0] == (0.9, True)
     assert with_test_copies(tst, np.concatenate([clip_actor, real + 3 * PSEUDO_SPEAKER]), extra).tolist() == \
         tst.tolist() + (tst + 2 * n).tolist() + (tst + 3 * n).tolist()
     for bad in (1.0, 3.0):
@@ -112,6 +118,14 @@ def test_speed_perturbation_changes_tempo_and_is_cached_apart(ravdess_speech, tm
     assert slow.seconds_trimmed == pytest.approx(base.seconds_trimmed / 0.9, rel=1e-3)
     assert fast.log_mel.shape[1] == 64 and not np.array_equal(fast.log_mel, base.log_mel)
     assert len({d.name for d in tmp_path.iterdir()}) == 3              # one cache folder per speed
+    from training.speech import stretch_frames
+    pitched = stretch_frames(fast.log_mel, len(base.log_mel))         # a pitch copy: the clip's tempo, higher pitch
+    assert pitched.shape == base.log_mel.shape
+
+    def centroid(m):                                                   # energy-weighted mean mel band
+        e = np.exp(m).sum(0)
+        return float((np.arange(64) * e).sum() / e.sum())
+    assert centroid(pitched) > centroid(base.log_mel) > centroid(slow.log_mel)
     again = clip_features(path, Params(), tmp_path, 1.1)                # from the cache
     assert np.array_equal(again.log_mel, fast.log_mel)
     with pytest.raises(ValueError, match="speed"):

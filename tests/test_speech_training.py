@@ -163,3 +163,109 @@ def test_speaker_batchnorm_removes_a_speakers_offset():
     assert np.abs(plain[:40] - plain[40:]).max() > 1e-2                  # the trained statistics keep the offset
     for w0, w1 in zip(before, model.get_weights(), strict=True):
         np.testing.assert_array_equal(w0, w1)
+
+
+def test_gradient_reversal_is_identity_forward_and_flips_the_gradient():
+    import keras
+    import tensorflow as tf
+
+    from training.speech import gradient_reversal
+    grl = gradient_reversal()
+    x = tf.constant([[1.0, -2.0, 3.0]])
+    grl.build(x.shape)
+    grl.scale.assign(0.7)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = grl(x)
+        loss = keras.ops.sum(y * tf.constant([[1.0, 2.0, 3.0]]))
+    np.testing.assert_allclose(y.numpy(), x.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(tape.gradient(loss, x).numpy(), [[-0.7, -1.4, -2.1]], rtol=1e-6)
+
+
+def test_adversarial_epochs_carry_speakers_mixed_like_the_labels():
+    from training.speech import PSEUDO_SPEAKER, PatchSet, SpeechRecipe, Standardizer, adversary_scale, make_epoch
+    real = np.repeat(np.arange(1, 25), 3)
+    clip_actor = np.concatenate([real, real + PSEUDO_SPEAKER])
+    clip = np.repeat(np.arange(len(clip_actor)), 5)
+    rng = np.random.default_rng(0)
+    ps = PatchSet(rng.normal(size=(len(clip), 24, 16, 64)).astype(np.float16), clip, np.zeros(len(clip), int))
+    labels = np.arange(len(clip_actor)) % 8
+    train = np.flatnonzero(np.isin(clip_actor % PSEUDO_SPEAKER, [1, 2, 3]))   # 3 actors x 2 versions: 6 speakers
+    std = Standardizer.fit(ps, clip_actor, train, "global")
+    r = SpeechRecipe(speaker_adversary=0.5, mixup_alpha=0.0)
+    x, (y, s) = make_epoch(ps, train, labels, std, clip_actor, r, np.random.default_rng(1), 8)
+    assert s.shape == (len(x), 6) and y.shape == (len(x), 8)
+    x0, y0 = make_epoch(ps, train, labels, std, clip_actor, r.replace(speaker_adversary=0.0),
+                        np.random.default_rng(1), 8)
+    np.testing.assert_array_equal(x, x0)                                  # the same draws as without it
+    np.testing.assert_array_equal(y, y0)
+    speakers = np.unique(clip_actor[train])
+    crop_speaker = speakers[s.argmax(1)]
+    assert set(crop_speaker.tolist()) == set(speakers.tolist())
+    x, (y, s) = make_epoch(ps, train, labels, std, clip_actor, r.replace(mixup_alpha=0.2), np.random.default_rng(1), 8)
+    np.testing.assert_allclose(s.sum(1), 1, rtol=1e-6)
+    assert (s.max(1) < 1).any()                                           # mixed
+    assert adversary_scale(r, 0) == 0 and 0.49 < adversary_scale(r, r.epochs - 1) <= 0.5
+    with pytest.raises(ValueError, match="speaker_adversary"):
+        SpeechRecipe(speaker_adversary=-1)
+
+
+def test_the_speaker_adversary_trains_the_shared_head():
+    """The adversarial trainer fits both outputs; the head (shared layers) is what changes and what predicts."""
+    import keras
+
+    from training.speech import SpeechRecipe, build_head, fit_epoch, head_trainer
+    keras.utils.set_random_seed(0)
+    r = SpeechRecipe(speaker_adversary=1.0, conv_filters=(8, 8), lstm_units=8, attention_units=8, batch_size=16)
+    head = build_head(r)
+    trainer = head_trainer(head, r, 5)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 24, 16, 64)).astype(np.float32)
+    y = np.eye(8, dtype=np.float32)[rng.integers(0, 8, 32)]
+    s = np.eye(5, dtype=np.float32)[rng.integers(0, 5, 32)]
+    before = [w.copy() for w in head.get_weights()]
+    losses = fit_epoch(trainer, x, (y, s), r, 10)
+    assert {"loss"} < set(losses) and all(np.isfinite(v) for v in losses.values())
+    assert trainer.get_layer("speaker_grl").scale.numpy() > 0.5
+    assert any(np.abs(a - b).max() > 0 for a, b in zip(before, head.get_weights(), strict=True))
+    assert head.predict(x, verbose=0).shape == (32, 8)
+
+
+def test_stretch_frames_restores_a_speed_copys_duration():
+    from training.speech import stretch_frames
+    m = np.stack([np.arange(10, dtype=np.float32)] * 3, axis=1)          # a ramp in every band
+    out = stretch_frames(m, 19)
+    assert out.shape == (19, 3) and out.dtype == np.float32
+    np.testing.assert_allclose(out[:, 0], np.arange(19) / 2)             # the ramp, twice as slow
+    np.testing.assert_allclose(stretch_frames(m, 5)[:, 1], [0, 2.25, 4.5, 6.75, 9])
+    assert stretch_frames(m, 10) is m
+    with pytest.raises(ValueError, match="0 frames"):
+        stretch_frames(m[:0], 4)
+
+
+def test_actor_freq_standardisation_zeroes_each_speakers_bins():
+    from training.speech import PatchSet, Standardizer, channel_stats
+    rng = np.random.default_rng(0)
+    clip_actor = np.array([1, 1, 2, 2])
+    clip = np.repeat(np.arange(4), 6)
+    tilt = np.linspace(-2, 2, 16)[None, None, :, None]                  # a speaker-specific spectral tilt
+    x = rng.normal(size=(24, 24, 16, 64)) + np.where(clip_actor[clip] == 2, 1.0, -1.0)[:, None, None, None] * tilt
+    ps = PatchSet(x.astype(np.float16), clip, np.zeros(24, int))
+    std = Standardizer.fit(ps, clip_actor, np.arange(4), "actor_freq")
+    assert std.mean[1].shape == (16, 64) and std.mean["global"].shape == (16, 64)
+    out = std.apply(ps.x, clip_actor[clip])
+    for a in (1, 2):
+        np.testing.assert_allclose(out[clip_actor[clip] == a].mean(axis=(0, 1)), 0, atol=1e-4)
+    chan = Standardizer.fit(ps, clip_actor, np.arange(4), "actor").apply(ps.x, clip_actor[clip])
+    assert np.abs(chan[clip_actor[clip] == 2].mean(axis=(0, 1))).max() > 1   # per channel alone keeps the tilt
+    m1, s1 = channel_stats(ps.x, np.arange(24), per_freq=True)
+    import training.speech as sp
+    old, sp.ONE_SHOT_VALUES = sp.ONE_SHOT_VALUES, 0                       # the chunked path agrees
+    try:
+        m2, s2 = channel_stats(ps.x, np.arange(24), chunk=5, per_freq=True)
+    finally:
+        sp.ONE_SHOT_VALUES = old
+    np.testing.assert_allclose(m1, m2, atol=1e-5)
+    np.testing.assert_allclose(s1, s2, atol=1e-4)
+    with pytest.raises(ValueError, match="actor_freq"):
+        Standardizer.fit(ps, clip_actor, np.arange(4), "speaker")

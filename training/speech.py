@@ -28,7 +28,8 @@ class SpeechRecipe:
     train_hop_frames: int = 8            # candidate patch offsets in training (0.08 s): time-shift crops
     patches_per_clip: int = 4            # random crops drawn per clip per epoch
     logmel_norm: str = "actor"           # none | clip | actor : log-mel mean removal before the trunk
-    feature_norm: str = "actor"          # global | actor : activation_3 per-channel standardization
+    feature_norm: str = "actor"          # global | actor | actor_freq: activation_3 per-channel standardization
+    #                                      (actor_freq: per actor, frequency bin and channel)
     time_masks: int = 1                  # SpecAugment on activation_3 (24 time x 16 freq)
     time_mask_max: int = 4
     freq_masks: int = 1
@@ -70,20 +71,42 @@ class SpeechRecipe:
     # test patches predicted with each speaker's own BatchNorm statistics (AdaBN; selection stays with the trained
     # ones). Folds also report the same models with their trained statistics (paired). 4 folds: 68.40% against 68.61%
     speaker_bn: bool = False
+    # > 0: domain-adversarial training against the speaker (DANN, Ganin et al. 2016): a speaker classifier on the
+    # attention context learns the training speakers (every speed copy its own), and its gradient reaches the head
+    # reversed and scaled by this weight (ramped up over the epochs as in DANN), pushing the embedding towards
+    # speaker invariance. Inference and the exported head are unchanged
+    speaker_adversary: float = 0.0
+    # every speed copy (training and test) stretched back in time to its clip's frame count: the copies then differ
+    # from the clip in pitch and spectral envelope only, not in tempo (pitch-shift copies instead of speed copies)
+    keep_tempo: bool = False
+    # more training copies, each a pseudo speaker, after the speed copies: played at these speeds and stretched back
+    # to the clip's duration (pitch-shift copies, whatever keep_tempo says of the speed copies)
+    pitch_perturb: tuple[float, ...] = ()
 
     def __post_init__(self):
-        bad = [v for v in self.speed_perturb + self.test_speeds if not 0.5 <= v <= 2.0 or v == 1.0]
+        bad = [v for v in self.speed_perturb + self.pitch_perturb + self.test_speeds if not 0.5 <= v <= 2.0 or v == 1.0]
         if bad:
             raise ValueError(f"speeds {bad}: a copy's speed must be in [0.5, 2] and not 1 (the recorded clip)")
         if self.snapshots < 1:
             raise ValueError(f"snapshots {self.snapshots}: expected >= 1 (1: the best epoch's model alone)")
+        if self.speaker_adversary < 0:
+            raise ValueError(f"speaker_adversary {self.speaker_adversary}: expected >= 0 (0: off)")
         if self.lr_decay not in ("none", "cosine"):
             raise ValueError(f"lr_decay {self.lr_decay!r}: expected 'none' or 'cosine'")
 
+    def copies(self) -> tuple[tuple[float, bool], ...]:
+        """The copies prepare() makes of every clip, as (speed, tempo kept): the training speeds, the training
+        pitches, then test-only speeds. Copy block k + 1 of prepare()'s clips is the k-th of these."""
+        return tuple((s, self.keep_tempo) for s in self.speed_perturb) + tuple((s, True) for s in self.pitch_perturb) \
+            + tuple((s, self.keep_tempo) for s in dict.fromkeys(self.test_speeds) if s not in self.speed_perturb)
+
     def copy_speeds(self) -> tuple[float, ...]:
-        """The speeds prepare() copies every clip at: the training speeds, then test-only ones. Copy block k + 1
-        of prepare()'s clips is the k-th of these."""
-        return self.speed_perturb + tuple(s for s in dict.fromkeys(self.test_speeds) if s not in self.speed_perturb)
+        """The speed of each of ``copies()``."""
+        return tuple(s for s, _ in self.copies())
+
+    def n_training_versions(self) -> int:
+        """How many versions of a clip train: the recorded one, its speed copies and its pitch copies."""
+        return 1 + len(self.speed_perturb) + len(self.pitch_perturb)
 
     def replace(self, **kw) -> "SpeechRecipe":
         return dataclasses.replace(self, **kw)
@@ -138,6 +161,56 @@ def compile_head(model, recipe: SpeechRecipe, p: Params = Params()):
     return model
 
 
+def gradient_reversal(name: str = "speaker_grl"):
+    """Identity forward; backward the gradient times -scale (``layer.scale``, a variable set between epochs).
+    Written as stop_gradient((1 + s) x) - s x, so it needs no custom gradient."""
+    import keras
+    from keras import ops
+
+    class GradientReversal(keras.layers.Layer):
+        def build(self, input_shape):
+            self.scale = self.add_weight(shape=(), initializer="zeros", trainable=False, name="scale")
+
+        def call(self, x):
+            s = ops.cast(self.scale, x.dtype)
+            return ops.stop_gradient((1 + s) * x) - s * x
+
+    return GradientReversal(name=name)
+
+
+def adversary_scale(recipe: SpeechRecipe, epoch: int) -> float:
+    """DANN's ramp of the reversed gradient's weight: 0 at the first epoch, near speaker_adversary by mid-run."""
+    progress = epoch / max(recipe.epochs - 1, 1)
+    return float(recipe.speaker_adversary * (2 / (1 + np.exp(-10 * progress)) - 1))
+
+
+def head_trainer(head, recipe: SpeechRecipe, n_speakers: int, p: Params = Params()):
+    """The compiled model ``fit`` trains. Without an adversary the head itself; with one (recipe.speaker_adversary)
+    the head plus a speaker classifier behind a gradient reversal on ``speech_embedding``: (probabilities, speaker
+    probabilities). The head's layers are shared, so its weights are the trained ones either way."""
+    if not recipe.speaker_adversary:
+        return compile_head(head, recipe, p)
+    import keras
+    from keras import layers as L
+    z = gradient_reversal()(head.get_layer("speech_embedding").output)
+    z = L.Dense(64, activation="relu", name="speaker_hidden")(z)
+    s = L.Dense(n_speakers, activation="softmax", name="speaker_probs")(z)
+    trainer = keras.Model(head.input, [head.output, s], name="speech_head_adversarial")
+    trainer.compile(optimizer=keras.optimizers.Adam(p.learning_rate),
+                    loss=[keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
+                          keras.losses.CategoricalCrossentropy()])
+    return trainer
+
+
+def fit_epoch(trainer, x: np.ndarray, y, recipe: SpeechRecipe, epoch: int, p: Params = Params()) -> dict:
+    """One epoch of ``head_trainer``'s model on make_epoch's (x, y); returns its losses (name -> value)."""
+    trainer.optimizer.learning_rate.assign(learning_rate(recipe, epoch, p))
+    if recipe.speaker_adversary:
+        trainer.get_layer("speaker_grl").scale.assign(adversary_scale(recipe, epoch))
+    h = trainer.fit(x, y, batch_size=recipe.batch_size, epochs=1, verbose=0)
+    return {k: float(v[0]) for k, v in h.history.items()}
+
+
 # ------------------------------------------------------------------ features
 
 @dataclass
@@ -149,6 +222,20 @@ class PatchSet:
 
     def of_clips(self, idx: np.ndarray) -> np.ndarray:
         return np.flatnonzero(np.isin(self.clip, idx))
+
+
+def stretch_frames(log_mel: np.ndarray, n_frames: int) -> np.ndarray:
+    """(frames, bands) resampled along time to n_frames by linear interpolation, first and last frames kept."""
+    log_mel = np.asarray(log_mel)
+    if n_frames < 1 or len(log_mel) < 1:
+        raise ValueError(f"cannot stretch {len(log_mel)} frames to {n_frames}")
+    if len(log_mel) == n_frames:
+        return log_mel
+    t = np.linspace(0, len(log_mel) - 1, n_frames)
+    i = np.minimum(t.astype(int), len(log_mel) - 2) if len(log_mel) > 1 else np.zeros(n_frames, int)
+    w = (t - i)[:, None].astype(log_mel.dtype)
+    nxt = np.minimum(i + 1, len(log_mel) - 1)
+    return ((1 - w) * log_mel[i] + w * log_mel[nxt]).astype(log_mel.dtype)
 
 
 def normalize_log_mel(log_mels: list[np.ndarray], actors: np.ndarray, mode: str) -> list[np.ndarray]:
@@ -200,20 +287,22 @@ def to_float32(x: np.ndarray) -> np.ndarray:
 ONE_SHOT_VALUES = 1 << 28     # 1 GiB of float32: above this, channel statistics are accumulated in chunks
 
 
-def channel_stats(x: np.ndarray, rows: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std (+ 1e-3) of ``x[rows]`` over all other axes. Up to ``ONE_SHOT_VALUES`` values in
-    one float32 pass (what every report so far was computed with); above it, float64 sums over chunks of rows,
-    so memory stays bounded (speed-perturbed copies triple the training patches: one pass needed ~15 GB)."""
+def channel_stats(x: np.ndarray, rows: np.ndarray, chunk: int = 2048, per_freq: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std (+ 1e-3) of ``x[rows]`` over all other axes (``per_freq``: per frequency bin and
+    channel, over rows and time). Up to ``ONE_SHOT_VALUES`` values in one float32 pass (what every report so far
+    was computed with); above it, float64 sums over chunks of rows, so memory stays bounded (speed-perturbed
+    copies triple the training patches: one pass needed ~15 GB)."""
+    axes = (0, 1) if per_freq else tuple(range(x.ndim - 1))
     if rows.size * np.prod(x.shape[1:]) <= ONE_SHOT_VALUES:
         v = to_float32(x[rows])
-        return v.mean(axis=(0, 1, 2)), v.std(axis=(0, 1, 2)) + 1e-3
-    axes = tuple(range(x.ndim - 1))
-    n, s1, s2 = 0, np.zeros(x.shape[-1]), np.zeros(x.shape[-1])
+        return v.mean(axis=axes), v.std(axis=axes) + 1e-3
+    n, s1, s2 = 0, 0.0, 0.0
     for i in range(0, len(rows), chunk):
         v = x[rows[i:i + chunk]].astype(np.float64)
-        n += v.size // x.shape[-1]
-        s1 += v.sum(axis=axes)
-        s2 += np.square(v).sum(axis=axes)
+        n += int(np.prod([v.shape[a] for a in axes]))
+        s1 = s1 + v.sum(axis=axes)
+        s2 = s2 + np.square(v).sum(axis=axes)
     mean = s1 / n
     std = np.sqrt(np.maximum(s2 / n - np.square(mean), 0.0))
     return mean.astype(np.float32), (std + 1e-3).astype(np.float32)
@@ -221,33 +310,35 @@ def channel_stats(x: np.ndarray, rows: np.ndarray, chunk: int = 2048) -> tuple[n
 
 @dataclass
 class Standardizer:
-    """Per-channel mean/std of activation_3, global or per actor."""
-    mean: dict = field(default_factory=dict)   # key: actor or "global" -> (64,)
+    """Per-channel mean/std of activation_3, global or per actor (``actor_freq``: per actor, frequency bin and
+    channel)."""
+    mean: dict = field(default_factory=dict)   # key: actor or "global" -> (64,), or (16, 64) per frequency bin
     std: dict = field(default_factory=dict)
 
     @classmethod
     def fit(cls, ps: PatchSet, clip_actor: np.ndarray, train_clips: np.ndarray, mode: str,
             extra: PatchSet | None = None) -> "Standardizer":
         """Statistics from ``ps``; a speaker without patches there (a test-only speed copy) from ``extra``."""
-        s = cls()
-        s.mean["global"], s.std["global"] = channel_stats(ps.x, ps.of_clips(train_clips))
-        if mode == "actor":
+        if mode not in ("global", "actor", "actor_freq"):
+            raise ValueError(f"feature_norm must be global|actor|actor_freq, got {mode!r}")
+        s, per_freq = cls(), mode == "actor_freq"
+        s.mean["global"], s.std["global"] = channel_stats(ps.x, ps.of_clips(train_clips), per_freq=per_freq)
+        if mode != "global":
             for a in np.unique(clip_actor):
                 clips = np.flatnonzero(clip_actor == a)
                 src = ps if np.isin(clips, ps.clip).any() or extra is None else extra
                 rows = src.of_clips(clips)
                 if not len(rows):
                     raise ValueError(f"speaker {int(a)}: no patches to standardize it with")
-                s.mean[int(a)], s.std[int(a)] = channel_stats(src.x, rows)
-        elif mode != "global":
-            raise ValueError(f"feature_norm must be global|actor, got {mode!r}")
+                s.mean[int(a)], s.std[int(a)] = channel_stats(src.x, rows, per_freq=per_freq)
         return s
 
     def apply(self, x: np.ndarray, actors: np.ndarray) -> np.ndarray:
         """(x - mean) / std with each row's speaker statistics ("global" for a speaker without its own), float32."""
         speakers, which = np.unique(actors, return_inverse=True)
         keys = [int(a) if int(a) in self.mean else "global" for a in speakers]
-        shape = (len(x),) + (1,) * (x.ndim - 2) + (x.shape[-1],)
+        stat = self.mean["global"].shape
+        shape = (len(x),) + (1,) * (x.ndim - 1 - len(stat)) + stat
 
         def per_row(stats: dict) -> np.ndarray:
             return np.stack([stats[k] for k in keys]).astype(np.float32)[which.reshape(-1)].reshape(shape)
@@ -360,7 +451,8 @@ def _crop_groups(train_clips: np.ndarray, clip_actor: np.ndarray, pool: bool) ->
 
 def make_epoch(ps: PatchSet, train_clips: np.ndarray, labels: np.ndarray, std: Standardizer,
                clip_actor: np.ndarray, r: SpeechRecipe, rng: np.random.Generator, k: int):
-    """Random crops (patches_per_clip per clip), standardized, augmented."""
+    """Random crops (patches_per_clip per clip), standardized, augmented: (x, y). With r.speaker_adversary, y is
+    (labels, speakers): the speakers one-hot over train_clips' speakers in sorted order, mixed up with the labels."""
     rows = []
     for versions in _crop_groups(train_clips, clip_actor, r.pool_speeds):
         cand = np.flatnonzero(ps.clip == versions[0]) if len(versions) == 1 else ps.of_clips(versions)
@@ -373,8 +465,13 @@ def make_epoch(ps: PatchSet, train_clips: np.ndarray, labels: np.ndarray, std: S
         x += rng.normal(0, r.noise_std, x.shape).astype(np.float32)
     x = spec_augment(x, r, rng)
     y = np.eye(k, dtype=np.float32)[labels[ps.clip[rows]]]
-    (x,), y = mixup([x], y, r.mixup_alpha, rng)
-    return x, y
+    if not r.speaker_adversary:
+        (x,), y = mixup([x], y, r.mixup_alpha, rng)
+        return x, y
+    speakers = np.unique(clip_actor[train_clips])
+    s = np.eye(len(speakers), dtype=np.float32)[np.searchsorted(speakers, clip_actor[ps.clip[rows]])]
+    (x, s), y = mixup([x, s], y, r.mixup_alpha, rng)     # the same partner and weight as the labels
+    return x, (y, s)
 
 
 def prefetched(n: int, make, *args):
@@ -447,9 +544,9 @@ def recorded_clip(clip: np.ndarray, clip_actor: np.ndarray) -> np.ndarray:
 
 
 def with_test_copies(clips: np.ndarray, clip_actor: np.ndarray, r: SpeechRecipe) -> np.ndarray:
-    """Recorded clips plus their copies at r.test_speeds (the k-th of r.copy_speeds() is copy block k)."""
+    """Recorded clips plus their copies at r.test_speeds (the k-th of r.copies() is copy block k)."""
     n_real = n_recorded(clip_actor)
-    blocks = [r.copy_speeds().index(s) + 1 for s in r.test_speeds]
+    blocks = [r.copies().index((s, r.keep_tempo)) + 1 for s in r.test_speeds]
     return np.concatenate([clips] + [clips + n_real * k for k in blocks]) if blocks else clips
 
 
@@ -481,17 +578,17 @@ def train_fold(train_ps: PatchSet, test_ps: PatchSet, labels: np.ndarray, clip_a
     fit_clips, val_clips, test_clips, val_actors = fold_clips(clip_actor, test_actors, r.val_actors, seed)
     fit_clips = trainable(fit_clips, train_ps)
     std = Standardizer.fit(train_ps, clip_actor, fit_clips, r.feature_norm, test_ps)
-    model = compile_head(build_head(r, p), r, p)
+    model = build_head(r, p)
+    trainer = head_trainer(model, r, len(np.unique(clip_actor[fit_clips])), p)
     selector, history = ModelSelector(r.patience, bool(len(val_clips)), 1 if r.refit else r.snapshots), []
     bar = tqdm(range(r.epochs), desc=(f"fold {test_actors[0]}-{test_actors[-1]}" if test_actors else "all actors") + f" seed {seed}", disable=not progress)
     select_clips = with_test_copies(val_clips, clip_actor, r) if r.select_with_test_speeds else val_clips
     epochs = prefetched(r.epochs, make_epoch, train_ps, fit_clips, labels, std, clip_actor, r, rng, p.num_classes)
     for epoch, (x, y) in zip(bar, epochs, strict=False):
-        model.optimizer.learning_rate.assign(learning_rate(r, epoch, p))
-        h = model.fit(x, y, batch_size=r.batch_size, epochs=1, verbose=0)
+        losses = fit_epoch(trainer, x, y, r, epoch, p)
         val_acc = clip_accuracy(model, test_ps, select_clips, labels, std, clip_actor)[0] if len(val_clips) else 0.0
-        history.append({"epoch": epoch + 1, "loss": float(h.history["loss"][0]), "val_clip_accuracy": val_acc})
-        bar.set_postfix(loss=f"{h.history['loss'][0]:.3f}", val=f"{val_acc:.3f}")
+        history.append({"epoch": epoch + 1, **losses, "val_clip_accuracy": val_acc})
+        bar.set_postfix(loss=f"{losses['loss']:.3f}", val=f"{val_acc:.3f}")
         if selector.update(model, val_acc, epoch + 1):
             break
     epochs.close()                               # waits for an epoch built ahead of an early stop
@@ -503,11 +600,11 @@ def train_fold(train_ps: PatchSet, test_ps: PatchSet, labels: np.ndarray, clip_a
         all_clips = np.concatenate([fit_clips, trainable(np.flatnonzero(np.isin(real_actor(clip_actor), val_actors)),
                                                          train_ps)])
         std = Standardizer.fit(train_ps, clip_actor, all_clips, r.feature_norm, test_ps)
-        model = compile_head(build_head(r, p), r, p)
+        model = build_head(r, p)
+        trainer = head_trainer(model, r, len(np.unique(clip_actor[all_clips])), p)
         for epoch, (x, y) in enumerate(prefetched(best_epoch, make_epoch, train_ps, all_clips, labels, std,
                                                          clip_actor, r, rng, p.num_classes)):
-            model.optimizer.learning_rate.assign(learning_rate(r, epoch, p))
-            model.fit(x, y, batch_size=r.batch_size, epochs=1, verbose=0)
+            fit_epoch(trainer, x, y, r, epoch, p)
     if not len(test_clips):                       # a final model trained on every actor: nothing to test
         return {"model": model, "standardizer": std, "val_actors": val_actors, "best_epoch": best_epoch,
                 "val_clip_accuracy": best, "history": history}

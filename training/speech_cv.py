@@ -24,6 +24,7 @@ from training.speech import (
     n_recorded,
     normalize_log_mel,
     recorded_clip,
+    stretch_frames,
     train_fold,
     trunk_patches,
     vote,
@@ -46,16 +47,18 @@ def prepare(data: str | Path, yamnet: str, recipe: SpeechRecipe, p: Params = Par
     # speed-perturbed copies: clip n_real k + i is clip i at the k-th speed, spoken by pseudo speaker actor +
     # PSEUDO_SPEAKER k (normalised on its own statistics, as a new speaker would be); training speeds first, then
     # test-only ones (no training patches)
-    for k, speed in enumerate(recipe.copy_speeds(), 1):
+    # (pitch copies: speed copies stretched back to the clip's frame count)
+    for k, (speed, keep_tempo) in enumerate(recipe.copies(), 1):
         kept, sf, bad = load_features(clips, p, cache, progress, speed=speed)
         if len(kept) != n_real:
             raise ValueError(f"speed {speed}: {len(bad)} clips failed that the originals passed: {bad[:3]}")
-        mel_list += [f.log_mel for f in sf]
+        mel_list += [stretch_frames(f.log_mel, len(m)) if keep_tempo else f.log_mel
+                     for f, m in zip(sf, mel_list[:n_real], strict=True)]
         clip_actor = np.concatenate([clip_actor, clip_actor[:n_real] + PSEUDO_SPEAKER * k])
         labels = np.concatenate([labels, labels[:n_real]])
     mels = normalize_log_mel(mel_list, clip_actor, recipe.logmel_norm)
     trunk = build_trunk(weights)
-    n_train = n_real * (1 + len(recipe.speed_perturb))
+    n_train = n_real * recipe.n_training_versions()
     train_ps = trunk_patches(trunk, mels[:n_train], recipe.train_hop_frames, p, progress=progress)
     test_ps = train_ps if recipe.test_hop_frames == recipe.train_hop_frames and len(mels) == n_train else \
         trunk_patches(trunk, mels if recipe.test_speeds else mels[:n_real], recipe.test_hop_frames, p,
@@ -67,7 +70,8 @@ def prepare(data: str | Path, yamnet: str, recipe: SpeechRecipe, p: Params = Par
 
 # recipe fields added after fold checkpoints were written, at their off value, leave a fold's result unchanged:
 # they stay out of its checkpoint key, so those checkpoints still serve the recipe
-KEY_NEUTRAL = {"snapshots": 1, "speaker_bn": False}
+KEY_NEUTRAL = {"snapshots": 1, "speaker_bn": False, "speaker_adversary": 0.0, "keep_tempo": False,
+               "pitch_perturb": ()}
 
 
 def checkpoint_file(checkpoints: Path | None, prep: dict, recipe: SpeechRecipe, p: Params, kind: str,
@@ -204,8 +208,8 @@ def speaker_dependent(prep: dict, recipe: SpeechRecipe, p: Params = Params(), n_
         Standardizer,
         build_head,
         clip_accuracy,
-        compile_head,
-        learning_rate,
+        fit_epoch,
+        head_trainer,
         make_epoch,
         prefetched,
         trainable,
@@ -228,12 +232,12 @@ def speaker_dependent(prep: dict, recipe: SpeechRecipe, p: Params = Params(), n_
         train = trainable(train, prep["train_ps"])
         keras.utils.set_random_seed(k)
         std = Standardizer.fit(prep["train_ps"], clip_actor, train, recipe.feature_norm, prep["test_ps"])
-        model = compile_head(build_head(recipe, p), recipe, p)
+        model = build_head(recipe, p)
+        trainer = head_trainer(model, recipe, len(np.unique(clip_actor[train])), p)
         erng = np.random.default_rng(k)
         for epoch, (x, y) in enumerate(prefetched(recipe.epochs, make_epoch, prep["train_ps"], train, labels, std,
                                                   clip_actor, recipe, erng, p.num_classes)):
-            model.optimizer.learning_rate.assign(learning_rate(recipe, epoch, p))
-            model.fit(x, y, batch_size=recipe.batch_size, epochs=1, verbose=0)
+            fit_epoch(trainer, x, y, recipe, epoch, p)
         accs.append(clip_accuracy(model, prep["test_ps"], with_test_copies(test, clip_actor, recipe), labels, std,
                                   clip_actor, recipe.speaker_bn)[0])
         _save_checkpoint(ckpt, {"clip_accuracy": accs[-1]})
@@ -314,6 +318,21 @@ ABLATION = (
                     "epochs (a snapshot ensemble: one training run)", dict(snapshots=3)),
     ("speaker-bn", "recipe, test speakers predicted with BatchNorm statistics of their own patches (AdaBN)",
      dict(speaker_bn=True)),
+    ("speaker-adversary-0.3", "recipe + a speaker classifier on the attention context trained through a gradient "
+                              "reversal of weight 0.3 (DANN; every speed copy a speaker)",
+     dict(speaker_adversary=0.3)),
+    ("pitch-copies", "recipe, every speed copy (training and test) stretched back to its clip's duration: copies "
+                     "that move pitch and spectral envelope but keep the tempo",
+     dict(keep_tempo=True)),
+    ("pitch-copies-4", "pitch-copies with four training pitches (0.8, 0.9, 1.1, 1.2) instead of two; 20 epochs at "
+                       "most (patience 7), as speed-perturb-4",
+     dict(keep_tempo=True, speed_perturb=(0.8, 0.9, 1.1, 1.2), epochs=20, patience=7)),
+    ("speed-and-pitch", "recipe + training pitch copies at 0.9 and 1.1 (tempo kept) beside the speed copies: five "
+                        "versions of a clip; 20 epochs at most (patience 7), as speed-perturb-4",
+     dict(pitch_perturb=(0.9, 1.1), epochs=20, patience=7)),
+    ("actor-freq-norm", "recipe with activation_3 standardised per actor, frequency bin and channel (16 x 64 "
+                        "statistics a speaker) instead of per actor and channel",
+     dict(feature_norm="actor_freq")),
     ("seed-1", "the recipe with seed 1 (validation actors, initialisation and every draw) instead of 0: not a "
                "lever, a measure of run-to-run noise", dict(seeds=(1,))),
     ("test-speeds-2", "recipe, test clips voted with their 0.9x/1.1x copies only (the training speeds; the recipe "
@@ -327,7 +346,7 @@ ABLATION = (
 # whatever the field's default is now)
 FIELDS_ADDED_OFF = {"freq_warp": 0.0, "refit": False, "seeds": [0], "speed_perturb": [], "test_speeds": [],
                     "pool_speeds": False, "lr_decay": "none", "select_with_test_speeds": False, "snapshots": 1,
-                    "speaker_bn": False}
+                    "speaker_bn": False, "speaker_adversary": 0.0, "keep_tempo": False, "pitch_perturb": []}
 
 
 def recipe_as_run(stored: dict) -> dict:
@@ -579,6 +598,11 @@ def _levers(r: dict, group: list[dict], ablation: list[dict]) -> str:
                                      ("test-speeds-2", "from the four test-only speeds"),
                                      ("snapshots-3", "vs. a snapshot ensemble of each run's 3 best epochs"),
                                      ("speaker-bn", "vs. per-speaker BatchNorm statistics (AdaBN)"),
+                                     ("speaker-adversary-0.3", "vs. speaker-adversarial training (weight 0.3)"),
+                                     ("pitch-copies", "of speed copies over pitch-only copies (tempo kept)"),
+                                     ("pitch-copies-4", "vs. four training pitches (0.8-1.2, tempo kept)"),
+                                     ("speed-and-pitch", "vs. pitch copies beside the speed copies"),
+                                     ("actor-freq-norm", "vs. per-actor statistics per frequency bin too"),
                                      ("select-with-copies", "vs. selecting the model on validation clips voted "
                                                             "with their copies"),
                                      ("cosine-lr", "vs. a cosine learning-rate decay"))
