@@ -112,8 +112,11 @@ def test_an_interrupted_cv_resumes_after_its_last_finished_fold(tmp_path, monkey
     older = {k: v for k, v in dataclasses.asdict(recipe).items() if k not in cv.KEY_NEUTRAL}
     monkeypatch.setattr(cv, "asdict", lambda r: older if r is recipe else dataclasses.asdict(r))
     assert cv.checkpoint_file(tmp_path, prep, recipe, Params(), "fold", 0) == key   # a recipe from before a lever
-    for field, off in cv.KEY_NEUTRAL.items():                           # ... turned on: another key
-        on = recipe.replace(**{field: (off + 2) if isinstance(off, int) and not isinstance(off, bool) else not off})
+    turned_on = {"snapshots": 3, "speaker_bn": True, "speaker_adversary": 0.3, "keep_tempo": True,
+                 "pitch_perturb": (0.9,)}
+    assert set(turned_on) == set(cv.KEY_NEUTRAL)                         # a lever added later needs its line here
+    for field, value in turned_on.items():                              # ... turned on: another key
+        on = recipe.replace(**{field: value})
         assert cv.checkpoint_file(tmp_path, prep, on, Params(), "fold", 0) != key
 
 
