@@ -95,7 +95,7 @@ def test_test_time_copies_vote_for_their_recorded_clip():
     assert np.array_equal(recorded_clip(both, clip_actor), np.concatenate([tst, tst]))
     assert np.array_equal(with_test_copies(tst, clip_actor, SpeechRecipe(test_speeds=())), tst)    # off
     extra = SpeechRecipe(speed_perturb=(0.9, 1.1), test_speeds=(1.1, 0.8))   # 0.8: a test-only copy, block 3
-    assert extra.copy_speeds() == (0.9, 1.1, 0.8)
+    assert extra.copies() == ((0.9, False), (1.1, False), (0.8, False))
     pitched = extra.replace(pitch_perturb=(0.9,))                       # a pitch copy is block 3, 0.8 moves to 4
     assert pitched.copies() == ((0.9, False), (1.1, False), (0.9, True), (0.8, False))
     assert pitched.n_training_versions() == 4

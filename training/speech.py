@@ -100,10 +100,6 @@ class SpeechRecipe:
         return tuple((s, self.keep_tempo) for s in self.speed_perturb) + tuple((s, True) for s in self.pitch_perturb) \
             + tuple((s, self.keep_tempo) for s in dict.fromkeys(self.test_speeds) if s not in self.speed_perturb)
 
-    def copy_speeds(self) -> tuple[float, ...]:
-        """The speed of each of ``copies()``."""
-        return tuple(s for s, _ in self.copies())
-
     def n_training_versions(self) -> int:
         """How many versions of a clip train: the recorded one, its speed copies and its pitch copies."""
         return 1 + len(self.speed_perturb) + len(self.pitch_perturb)

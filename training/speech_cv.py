@@ -321,6 +321,8 @@ ABLATION = (
     ("speaker-adversary-0.3", "recipe + a speaker classifier on the attention context trained through a gradient "
                               "reversal of weight 0.3 (DANN; every speed copy a speaker)",
      dict(speaker_adversary=0.3)),
+    ("speaker-adversary-0.1", "speaker-adversary-0.3 with a reversed-gradient weight of 0.1",
+     dict(speaker_adversary=0.1)),
     ("pitch-copies", "recipe, every speed copy (training and test) stretched back to its clip's duration: copies "
                      "that move pitch and spectral envelope but keep the tempo",
      dict(keep_tempo=True)),
@@ -599,6 +601,7 @@ def _levers(r: dict, group: list[dict], ablation: list[dict]) -> str:
                                      ("snapshots-3", "vs. a snapshot ensemble of each run's 3 best epochs"),
                                      ("speaker-bn", "vs. per-speaker BatchNorm statistics (AdaBN)"),
                                      ("speaker-adversary-0.3", "vs. speaker-adversarial training (weight 0.3)"),
+                                     ("speaker-adversary-0.1", "vs. speaker-adversarial training (weight 0.1)"),
                                      ("pitch-copies", "of speed copies over pitch-only copies (tempo kept)"),
                                      ("pitch-copies-4", "vs. four training pitches (0.8-1.2, tempo kept)"),
                                      ("speed-and-pitch", "vs. pitch copies beside the speed copies"),
