@@ -113,7 +113,8 @@ def test_an_interrupted_cv_resumes_after_its_last_finished_fold(tmp_path, monkey
     monkeypatch.setattr(cv, "asdict", lambda r: older if r is recipe else dataclasses.asdict(r))
     assert cv.checkpoint_file(tmp_path, prep, recipe, Params(), "fold", 0) == key   # a recipe from before a lever
     turned_on = {"snapshots": 3, "speaker_bn": True, "speaker_adversary": 0.3, "keep_tempo": True,
-                 "pitch_perturb": (0.9,)}
+                 "pitch_perturb": (0.9,), "self_train": 0.5, "self_train_epochs": 3,
+                 "patch_frames": 144}
     assert set(turned_on) == set(cv.KEY_NEUTRAL)                         # a lever added later needs its line here
     for field, value in turned_on.items():                              # ... turned on: another key
         on = recipe.replace(**{field: value})
@@ -272,3 +273,55 @@ def test_actor_freq_standardisation_zeroes_each_speakers_bins():
     np.testing.assert_allclose(s1, s2, atol=1e-4)
     with pytest.raises(ValueError, match="actor_freq"):
         Standardizer.fit(ps, clip_actor, np.arange(4), "speaker")
+
+
+def test_pseudo_labels_take_the_surest_fraction_of_each_voted_class():
+    from training.speech import pseudo_labels
+    clip_actor = np.array([1, 1, 2, 2, 2, 101, 101, 102, 102, 102])     # 5 recorded clips, then their copies
+    p = np.full((10, 8), 0.01, np.float32)
+    conf = {0: 0.9, 1: 0.5, 2: 0.8, 3: 0.6, 4: 0.7}                     # clip -> its class's probability
+    cls = {0: 2, 1: 2, 2: 2, 3: 5, 4: 5}                                 # clip -> the class it votes
+    rows = np.arange(10)                                                 # row i: clip i (i >= 5: a copy of i - 5)
+    for i in rows:
+        p[i, cls[i % 5]] = conf[i % 5]
+    clips, guess = pseudo_labels(p, rows, clip_actor, 0.5)
+    assert clips.tolist() == [0, 2, 4] and guess.tolist() == [2, 2, 5]  # ceil(1.5) = 2 of class 2, 1 of class 5
+    assert pseudo_labels(p, rows, clip_actor, 1.0)[0].tolist() == [0, 1, 2, 3, 4]
+    assert pseudo_labels(p, rows, clip_actor, 0.0)[0].size == 0
+
+
+def test_self_training_labels_only_the_fit_clips_and_the_guessed_ones():
+    from training.speech import PatchSet, SpeechRecipe, make_epoch, with_pseudo_labels
+    n_real = 6
+    clip_actor = np.r_[[1, 1, 2, 2, 3, 3], np.array([1, 1, 2, 2, 3, 3]) + 100, np.array([1, 1, 2, 2, 3, 3]) + 200]
+    labels = np.tile(np.arange(n_real), 3)
+    ps = PatchSet(np.zeros((18, 24, 16, 64), np.float16), np.arange(18), np.zeros(18, int))
+    r = SpeechRecipe(speed_perturb=(0.9, 1.1), test_speeds=())
+    fit = np.array([0, 1, 6, 7, 12, 13])                                 # actor 1 and its two copies
+    clips, train_labels = with_pseudo_labels(fit, labels, np.array([4]), np.array([7]), clip_actor, ps, r)
+    assert sorted(clips.tolist()) == [0, 1, 4, 6, 7, 10, 12, 13, 16]    # clip 4 (actor 3) and its copies join
+    assert train_labels[[4, 10, 16]].tolist() == [7, 7, 7]               # ... with the guess, not their label 4
+    assert (train_labels[np.setdiff1d(np.arange(18), clips)] == -1).all()
+    with pytest.raises(ValueError, match="no label"):                    # a clip without a label cannot train
+        make_epoch(ps, np.array([2]), train_labels, None, clip_actor, r, np.random.default_rng(0), 8)
+    with pytest.raises(ValueError, match="self_train"):
+        SpeechRecipe(self_train=0.5, snapshots=3)
+
+
+def test_longer_patches_reach_the_head_and_short_clips_are_padded(yamnet_weights):
+    from training.speech import SpeechRecipe, build_head, pad_to, trunk_patches
+    from training.yamnet import build_trunk
+    rng = np.random.default_rng(0)
+    short, long = rng.normal(size=(120, 64)).astype(np.float32), rng.normal(size=(200, 64)).astype(np.float32)
+    assert pad_to(long, 144) is long
+    padded = pad_to(short, 144)
+    assert padded.shape == (144, 64) and (padded[:120] == short).all() and (padded[120:] == short.min(0)).all()
+    ps = trunk_patches(build_trunk(yamnet_weights, frames=144), [short, long], 48, progress=False, frames=144)
+    assert ps.x.shape[1:] == (36, 16, 64) and ps.clip.tolist() == [0, 1, 1]      # the short clip kept: 1 patch
+    ref = trunk_patches(build_trunk(yamnet_weights), [long[:96]], 48, progress=False)
+    # the trunk is convolutional: a longer patch's first steps are the 0.96 s patch's (up to its right edge)
+    np.testing.assert_allclose(ps.x[1, :20].astype(np.float32), ref.x[0, :20].astype(np.float32), atol=2e-2)
+    head = build_head(SpeechRecipe(patch_frames=144, conv_filters=(8, 8), lstm_units=8, attention_units=8))
+    assert head.predict(ps.x.astype(np.float32), verbose=0).shape == (3, 8)
+    with pytest.raises(ValueError, match="patch_frames"):
+        SpeechRecipe(patch_frames=100)

@@ -103,7 +103,8 @@ def run_ablation(args, recipe, p, out: Path, folds, cache, progress) -> int:
             log.info("ablation %s: cached (%.3f)", name, row["mean_clip_accuracy"])
             continue
         t = time.time()
-        key = (r.logmel_norm, r.train_hop_frames, r.test_hop_frames, r.copies(), r.test_speeds)   # prepare()'s inputs
+        key = (r.logmel_norm, r.train_hop_frames, r.test_hop_frames, r.copies(), r.test_speeds,   # prepare()'s inputs
+               r.patch_frames)
         if key not in prep_cache:
             prep_cache.clear()
             prep_cache[key] = prepare(args.data, args.yamnet, r, p, cache, progress)

@@ -82,6 +82,16 @@ class SpeechRecipe:
     # more training copies, each a pseudo speaker, after the speed copies: played at these speeds and stretched back
     # to the clip's duration (pitch-shift copies, whatever keep_tempo says of the speed copies)
     pitch_perturb: tuple[float, ...] = ()
+    # > 0: transductive self-training on the test speakers' unlabelled audio (as the per-actor normalisation already
+    # uses it): after model selection the model votes the test clips (with their test copies); of each voted class
+    # the most confident ``self_train`` fraction of clips take their vote as a label, and the model trains
+    # ``self_train_epochs`` more epochs on the fit clips plus those clips (and their training copies). Test labels
+    # are never read. Folds also report the same models before self-training (paired)
+    self_train: float = 0.0
+    self_train_epochs: int = 8
+    # log-mel frames a patch spans (96: YAMNet's 0.96 s, what the device graph takes); longer patches give the head
+    # more context a sample (activation_3 of (frames / 4, 16, 64)). Research rows only: the export needs 96
+    patch_frames: int = 96
 
     def __post_init__(self):
         bad = [v for v in self.speed_perturb + self.pitch_perturb + self.test_speeds if not 0.5 <= v <= 2.0 or v == 1.0]
@@ -91,6 +101,13 @@ class SpeechRecipe:
             raise ValueError(f"snapshots {self.snapshots}: expected >= 1 (1: the best epoch's model alone)")
         if self.speaker_adversary < 0:
             raise ValueError(f"speaker_adversary {self.speaker_adversary}: expected >= 0 (0: off)")
+        if not 0 <= self.self_train <= 1 or self.self_train_epochs < 1:
+            raise ValueError(f"self_train {self.self_train}, self_train_epochs {self.self_train_epochs}: expected a "
+                             "fraction in [0, 1] (0: off) and at least one epoch")
+        if self.self_train and (self.snapshots > 1 or self.speaker_bn):
+            raise ValueError("self_train works on the best epoch's model: not with snapshots > 1 or speaker_bn")
+        if self.patch_frames < 32 or self.patch_frames % 8:
+            raise ValueError(f"patch_frames {self.patch_frames}: expected a multiple of 8, at least 32")
         if self.lr_decay not in ("none", "cosine"):
             raise ValueError(f"lr_decay {self.lr_decay!r}: expected 'none' or 'cosine'")
 
@@ -119,7 +136,7 @@ def build_head(recipe: SpeechRecipe, p: Params = Params(), name: str = "speech_h
     import keras
     from keras import layers as L
     reg = keras.regularizers.l2(recipe.l2) if recipe.l2 else None
-    x_in = keras.Input((24, 16, 64), name="activation_3")
+    x_in = keras.Input((recipe.patch_frames // 4, 16, 64), name="activation_3")
     x = x_in
     for i, (f, pool) in enumerate(zip(recipe.conv_filters, ((2, 2), (1, 2)), strict=True)):
         x = L.Conv2D(f, 3, padding="same", use_bias=False, kernel_regularizer=reg, name=f"speech_conv{i + 1}")(x)
@@ -251,20 +268,31 @@ def normalize_log_mel(log_mels: list[np.ndarray], actors: np.ndarray, mode: str)
     raise ValueError(f"logmel_norm must be none|clip|actor, got {mode!r}")
 
 
+def pad_to(log_mel: np.ndarray, frames: int) -> np.ndarray:
+    """A log-mel shorter than ``frames`` continued to ``frames`` with its own quietest level per band (as silence
+    would be); a long enough one unchanged."""
+    if len(log_mel) >= frames:
+        return log_mel
+    return np.concatenate([log_mel, np.repeat(log_mel.min(axis=0, keepdims=True), frames - len(log_mel), axis=0)])
+
+
 def trunk_patches(trunk, log_mels: list[np.ndarray], hop_frames: int, p: Params = Params(),
-                  batch: int = 512, progress: bool = True) -> PatchSet:
-    """Every patch (hop ``hop_frames``) of every clip through the frozen trunk."""
+                  batch: int = 512, progress: bool = True, frames: int | None = None) -> PatchSet:
+    """Every patch (hop ``hop_frames``) of every clip through the frozen trunk. ``frames``: patches of another
+    length than p.patch_frames (the trunk must take it); a clip shorter than one is padded (``pad_to``)."""
     from tqdm import tqdm
 
     from edge.audio.features import patches_from_log_mel
+    n = p.patch_frames if frames is None else frames
+    pp = p if n == p.patch_frames else dataclasses.replace(p, patch_window_seconds=n * p.stft_hop_seconds)
     pats, clip_ids, offs = [], [], []
     for i, m in enumerate(log_mels):
-        ps = patches_from_log_mel(m, p, hop_frames)                 # (n, 96, 64)
+        ps = patches_from_log_mel(pad_to(m, n), pp, hop_frames)     # (n, 96, 64)
         pats.append(ps)
         clip_ids.append(np.full(len(ps), i))
         offs.append(np.arange(len(ps)) * hop_frames)
     allp = np.concatenate(pats)
-    out = np.empty((len(allp), 24, 16, 64), np.float16)
+    out = np.empty((len(allp), n // 4, 16, 64), np.float16)
     for s in tqdm(range(0, len(allp), batch), desc=f"activation_3 (hop {hop_frames})", unit="batch",
                   disable=not progress):
         out[s:s + batch] = trunk.predict_on_batch(allp[s:s + batch])
@@ -347,11 +375,11 @@ class Standardizer:
 # ------------------------------------------------------------------ augmentation
 
 def spec_augment(x: np.ndarray, r: SpeechRecipe, rng: np.random.Generator) -> np.ndarray:
-    """Time/frequency masks on (n, 24, 16, 64) features (in place)."""
-    n = len(x)
+    """Time/frequency masks on (n, 24, 16, 64) features (in place; any number of time steps)."""
+    n, nt = len(x), x.shape[1]
     for _ in range(r.time_masks):
         w = rng.integers(0, r.time_mask_max + 1, n)
-        s = rng.integers(0, 24, n)
+        s = rng.integers(0, nt, n)
         for i in np.flatnonzero(w):
             x[i, s[i]:s[i] + w[i]] = 0.0
     for _ in range(r.freq_masks):
@@ -455,12 +483,15 @@ def make_epoch(ps: PatchSet, train_clips: np.ndarray, labels: np.ndarray, std: S
         rows.append(rng.choice(cand, min(r.patches_per_clip, len(cand)), replace=len(cand) < r.patches_per_clip))
     rows = np.concatenate(rows)
     rng.shuffle(rows)
+    lab = labels[ps.clip[rows]]
+    if (lab < 0).any():
+        raise ValueError(f"clips {np.unique(ps.clip[rows][lab < 0])[:5].tolist()}: no label to train on")
     x = std.apply(ps.x[rows], clip_actor[ps.clip[rows]])
     x = freq_warp(x, r.freq_warp, rng)
     if r.noise_std:
         x += rng.normal(0, r.noise_std, x.shape).astype(np.float32)
     x = spec_augment(x, r, rng)
-    y = np.eye(k, dtype=np.float32)[labels[ps.clip[rows]]]
+    y = np.eye(k, dtype=np.float32)[lab]
     if not r.speaker_adversary:
         (x,), y = mixup([x], y, r.mixup_alpha, rng)
         return x, y
@@ -551,6 +582,34 @@ def trainable(clips: np.ndarray, ps: PatchSet) -> np.ndarray:
     return clips[np.isin(clips, ps.clip)]
 
 
+def pseudo_labels(probs: np.ndarray, clip_of_row: np.ndarray, clip_actor: np.ndarray, fraction: float
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(recorded clips, their voted class) to self-train on: the rows' probabilities voted per recorded clip (a copy
+    votes for its clip), and of each voted class the ``fraction`` of its clips (rounded up) whose patches give that
+    class the highest mean probability. Taking a fraction of every class keeps the pseudo-labels' class balance."""
+    rec = recorded_clip(clip_of_row, clip_actor)
+    ids, pred = vote(probs, rec)
+    conf = np.array([probs[rec == c, k].mean() for c, k in zip(ids, pred, strict=True)])
+    keep = []
+    for k in np.unique(pred):
+        of_k = np.flatnonzero(pred == k)
+        keep.append(of_k[np.argsort(-conf[of_k], kind="stable")[:int(np.ceil(fraction * len(of_k)))]])
+    keep = np.sort(np.concatenate(keep)) if keep else np.zeros(0, int)
+    return ids[keep], pred[keep]
+
+
+def with_pseudo_labels(fit_clips: np.ndarray, labels: np.ndarray, clips: np.ndarray, guess: np.ndarray,
+                       clip_actor: np.ndarray, ps: PatchSet, r: SpeechRecipe) -> tuple[np.ndarray, np.ndarray]:
+    """(training clips, training labels): the fit clips with their labels, plus the recorded ``clips`` and their
+    training copies labelled ``guess``. Every other clip's label becomes -1, so none of them can train unseen."""
+    n_real, versions = n_recorded(clip_actor), r.n_training_versions()
+    copies = np.concatenate([np.asarray(clips) + n_real * v for v in range(versions)])
+    train_labels = np.full(len(labels), -1)
+    train_labels[fit_clips] = labels[fit_clips]
+    train_labels[copies] = np.tile(guess, versions)
+    return np.concatenate([fit_clips, trainable(copies, ps)]), train_labels
+
+
 def fold_clips(clip_actor: np.ndarray, test_actors: list[int], n_val: int, seed: int = 0):
     """(fit clips, validation clips, test clips, validation actors) of a fold. Validation actors are drawn
     from the training actors; speed-perturbed copies (pseudo speakers) train with their actor's clips and
@@ -605,11 +664,22 @@ def train_fold(train_ps: PatchSet, test_ps: PatchSet, labels: np.ndarray, clip_a
         return {"model": model, "standardizer": std, "val_actors": val_actors, "best_epoch": best_epoch,
                 "val_clip_accuracy": best, "history": history}
     eval_clips = with_test_copies(test_clips, clip_actor, r)
+    extra = {}
+    if r.self_train:
+        # the selected model labels the test speakers' clips it is surest of; their true labels are never read
+        before = clip_accuracy(model, test_ps, eval_clips, labels, std, clip_actor)[4]
+        chosen, guess = pseudo_labels(before, test_ps.clip[test_ps.of_clips(eval_clips)], clip_actor, r.self_train)
+        st_clips, st_labels = with_pseudo_labels(fit_clips, labels, chosen, guess, clip_actor, train_ps, r)
+        trainer = head_trainer(model, r, len(np.unique(clip_actor[st_clips])), p)
+        for epoch, (x, y) in enumerate(prefetched(r.self_train_epochs, make_epoch, train_ps, st_clips, st_labels,
+                                                  std, clip_actor, r, rng, p.num_classes)):
+            fit_epoch(trainer, x, y, r, epoch, p)
+        extra = {"probs_without_self_train": before, "self_train_clips": int(len(chosen))}
     acc, patch_acc, ids, pred, probs = clip_accuracy(model, test_ps, eval_clips, labels, std, clip_actor,
                                                      r.speaker_bn)
     out = {"model": model, "standardizer": std, "val_actors": val_actors, "best_epoch": best_epoch,
            "val_clip_accuracy": best, "history": history, "clip_accuracy": acc, "patch_accuracy": patch_acc,
-           "test_rows": test_ps.of_clips(eval_clips), "probs": probs}
+           "test_rows": test_ps.of_clips(eval_clips), "probs": probs, **extra}
     if r.speaker_bn and len(selector.snapshots) < 2:  # the same model with its trained BatchNorm statistics: paired
         out["probs_without_speaker_bn"] = clip_accuracy(model, test_ps, eval_clips, labels, std, clip_actor)[4]
     if len(selector.snapshots) > 1:               # snapshot ensemble; the best epoch's model alone stays paired
@@ -635,6 +705,9 @@ def build_inference_model(weights, head, mean: np.ndarray, std: np.ndarray, batc
     Static shapes at batch 1 by default, ready for TFLite export (the BiLSTM is unrolled).
     """
     import keras
+    if head.input.shape[1] * 4 != p.patch_frames:
+        raise ValueError(f"the head takes {head.input.shape[1] * 4}-frame patches; the device graph takes "
+                         f"{p.patch_frames} (patch_frames is a research lever, not exported)")
 
     from training.yamnet import build_trunk
     x_in = keras.Input((p.patch_frames, p.mel_bands), batch_size=batch_size, name="log_mel_patch")

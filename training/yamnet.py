@@ -233,15 +233,17 @@ def trunk_layers(weights: Weights | None = None, trainable: bool = False) -> lis
     return layers
 
 
-def build_trunk(weights: Weights, trainable: bool = False, name: str = "yamnet_activation_3"):
-    """keras.Sequential: (None, 96, 64) log-mel -> (None, 24, 16, 64), real weights, frozen by default."""
+def build_trunk(weights: Weights, trainable: bool = False, name: str = "yamnet_activation_3",
+                frames: int | None = None):
+    """keras.Sequential: (None, 96, 64) log-mel -> (None, 24, 16, 64), real weights, frozen by default. ``frames``:
+    a patch of another length (a multiple of 4; research rows only, the device graph takes 96): (frames / 4, 16, 64)."""
     import keras
 
     from edge.params import Params
     p = Params()
+    n = p.patch_frames if frames is None else frames
     model = keras.Sequential(
-        [keras.Input((p.patch_frames, p.mel_bands)), keras.layers.Reshape((p.patch_frames, p.mel_bands, 1),
-                                                                         name="to_image")]
+        [keras.Input((n, p.mel_bands)), keras.layers.Reshape((n, p.mel_bands, 1), name="to_image")]
         + trunk_layers(trainable=trainable), name=name)
     set_trunk_weights(model, weights)
     return model
