@@ -135,6 +135,20 @@ def test_speaker_batchnorm_shows_the_trained_statistics_alongside():
     assert "62.00% (60.00% from the same models with their trained BatchNorm statistics)" in line
 
 
+def test_self_training_shows_the_same_models_before_it():
+    now = SpeechRecipe(self_train=0.5)
+    r = _headline(now)
+    r["folds"][0]["clip_accuracy_without_self_train"] = 0.66
+    r["mean_clip_accuracy_without_self_train"] = 0.66
+    row = _row("self-train-0.5", 0.64, now)
+    row["mean_clip_accuracy_without_self_train"] = 0.65
+    md = speech_markdown(r, [row], "")
+    assert "50% of each voted class" in md and "8 more epochs" in md and "score **66.00%** (folds 66.0)" in md
+    line = next(ln for ln in md.splitlines() if ln.startswith("| self-train-0.5"))
+    assert "64.00% (65.00% from the same models before self-training)" in line
+    assert "Self-training" not in speech_markdown(_headline(SpeechRecipe()), [], "")
+
+
 def test_rows_on_all_four_folds_get_their_own_levers_line():
     now = SpeechRecipe()
     two = [_row("recipe", 0.69, now), _row("val-actors-2", 0.66, now.replace(val_actors=2))]

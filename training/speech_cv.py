@@ -347,6 +347,8 @@ ABLATION = (
     ("patch-1.44s", "recipe with patches of 1.44 s (144 log-mel frames) instead of YAMNet's 0.96 s: activation_3 "
                     "of 36 x 16 x 64, the BiLSTM over 18 steps; more context a sample, fewer votes a clip",
      dict(patch_frames=144)),
+    ("dropout-0.5", "recipe with dropout 0.5 instead of 0.3 (spatial dropout after each conv 0.25 instead of 0.15)",
+     dict(dropout=0.5)),
     ("seed-1", "the recipe with seed 1 (validation actors, initialisation and every draw) instead of 0: not a "
                "lever, a measure of run-to-run noise", dict(seeds=(1,))),
     ("test-speeds-2", "recipe, test clips voted with their 0.9x/1.1x copies only (the training speeds; the recipe "
@@ -449,21 +451,31 @@ def _trained_speeds_note(r: dict) -> str:
             f"({trained}) alone, the same models score {_paired_figure(r, 'trained_test_speeds')}.")
 
 
-def _snapshot_note(r: dict) -> list[str]:
-    if "mean_clip_accuracy_best_epoch" not in r:
-        return []
-    return [f"Snapshot ensemble: test patches get the mean probabilities of the models of the "
-            f"{r['recipe']['snapshots']} best validation epochs of one training run (epochs per fold: "
+# paired figures beside clip_accuracy (the same runs voted another way): what each is, in an ablation row
+PAIRED_ROW_TEXT = {"best_epoch": "from each run's best epoch alone",
+                   "without_speaker_bn": "from the same models with their trained BatchNorm statistics",
+                   "without_self_train": "from the same models before self-training"}
+
+
+def _lever_notes(r: dict) -> list[str]:
+    """A paragraph for each lever of the headline run that carries a paired figure."""
+    rec = r["recipe"]
+    notes = {
+        "best_epoch": lambda: (
+            f"Snapshot ensemble: test patches get the mean probabilities of the models of the {rec['snapshots']} "
+            f"best validation epochs of one training run (epochs per fold: "
             f"{'; '.join(str(f['snapshot_epochs'][0]) for f in r['folds'])}). The best epoch's model alone, voting "
-            f"the same clips, scores {_paired_figure(r, 'best_epoch')}.", ""]
-
-
-def _speaker_bn_note(r: dict) -> list[str]:
-    if "mean_clip_accuracy_without_speaker_bn" not in r:
-        return []
-    return ["Speaker BatchNorm (AdaBN): each test speaker (and speed copy) is predicted with BatchNorm statistics "
+            f"the same clips, scores {_paired_figure(r, 'best_epoch')}."),
+        "without_speaker_bn": lambda: (
+            "Speaker BatchNorm (AdaBN): each test speaker (and speed copy) is predicted with BatchNorm statistics "
             "of its own patches (model selection used the trained ones). With their trained statistics the same "
-            f"models score {_paired_figure(r, 'without_speaker_bn')}.", ""]
+            f"models score {_paired_figure(r, 'without_speaker_bn')}."),
+        "without_self_train": lambda: (
+            f"Self-training (transductive): after model selection, the {100 * rec['self_train']:.0f}% of each "
+            f"voted class the model is surest of among the test clips train {rec['self_train_epochs']} more epochs "
+            "with its own vote as their label (test labels are never read). Before it the same models score "
+            f"{_paired_figure(r, 'without_self_train')}.")}
+    return [line for name, text in notes.items() if f"mean_clip_accuracy_{name}" in r for line in (text(), "")]
 
 
 def _prep_note(r: dict) -> str:
@@ -480,8 +492,7 @@ def speech_markdown(r: dict, ablation: list[dict], command: str) -> str:
              f"**Mean clip accuracy {100 * r['mean_clip_accuracy']:.2f}% ± {100 * r['std_clip_accuracy']:.2f}** "
              f"(paper: 72.22%), patch accuracy {100 * r['mean_patch_accuracy']:.2f}%, "
              f"head parameters {r['params']:,}, CV time {r['cv_minutes']:.1f} min on "
-             f"{r['machine']['cpu_count']} CPU cores{_prep_note(r)}.", "", *_stale_headline(r), *_paired_note(r),
-             *_snapshot_note(r), *_speaker_bn_note(r),
+             f"{r['machine']['cpu_count']} CPU cores{_prep_note(r)}.", "", *_stale_headline(r), *_paired_note(r), *_lever_notes(r),
              "| test actors | val actors | clip acc | " + ("without test copies | " if paired else "") +
              "patch acc | test clips | best epochs |", "|---|---|---|---|---|---|" + ("---|" if paired else "")]
     for f in r["folds"]:
@@ -511,14 +522,8 @@ def speech_markdown(r: dict, ablation: list[dict], command: str) -> str:
             base = "recipe" if not differs else "recipe with " + ", ".join(f"{k}={v}" for k, v in differs.items())
             paired = (f" ({100 * a['mean_clip_accuracy_without_test_speeds']:.2f}% from the same models without the "
                       "test copies)") if "mean_clip_accuracy_without_test_speeds" in a else ""
-            if "mean_clip_accuracy_best_epoch" in a:
-                paired += f" ({100 * a['mean_clip_accuracy_best_epoch']:.2f}% from each run's best epoch alone)"
-            if "mean_clip_accuracy_without_speaker_bn" in a:
-                paired += (f" ({100 * a['mean_clip_accuracy_without_speaker_bn']:.2f}% from the same models with "
-                           "their trained BatchNorm statistics)")
-            if "mean_clip_accuracy_without_self_train" in a:
-                paired += (f" ({100 * a['mean_clip_accuracy_without_self_train']:.2f}% from the same models before "
-                           "self-training)")
+            paired += "".join(f" ({100 * a[f'mean_clip_accuracy_{name}']:.2f}% {text})"
+                              for name, text in PAIRED_ROW_TEXT.items() if f"mean_clip_accuracy_{name}" in a)
             lines.append(f"| {a['name']} | {a['change']} | {base} | {a['folds']} | "
                          f"{100 * a['mean_clip_accuracy']:.2f}%{paired} | {a.get('cv_minutes', a['minutes']):.1f} |")
     lines += ["", "## What limits it", ""] + limits(r, ablation)
@@ -626,6 +631,7 @@ def _levers(r: dict, group: list[dict], ablation: list[dict]) -> str:
                                                         "(paired: the same models before it)"),
                                      ("patch-1.44s", "vs. 1.44 s patches"),
                                      ("lstm-128", "vs. a BiLSTM of 128 units (487k parameters)"),
+                                     ("dropout-0.5", "vs. dropout 0.5"),
                                      ("select-with-copies", "vs. selecting the model on validation clips voted "
                                                             "with their copies"),
                                      ("cosine-lr", "vs. a cosine learning-rate decay"))
