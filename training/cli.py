@@ -112,6 +112,7 @@ def run_ablation(args, recipe, p, out: Path, folds, cache, progress) -> int:
         row = done[(name, fkey)] = {"name": name, "change": change, "folds": folds or "all",
                                     "recipe": dataclasses.asdict(r), "mean_clip_accuracy": res["mean_clip_accuracy"],
                                     "fold_clip_accuracy": [f["clip_accuracy"] for f in res["folds"]],
+                                    "mean_patch_accuracy": res["mean_patch_accuracy"],
                                     "minutes": (time.time() - t) / 60,
                                     "cv_minutes": res["cv_minutes"]}   # the folds' own time (resumed ones too)
         # the paired figures: the same models voted another way (recorded clips alone, without snapshots, ...)

@@ -485,6 +485,12 @@ def _prep_note(r: dict) -> str:
             "YAMNet's trunk on every clip and speed copy, log-mels read from the disk cache when present)")
 
 
+def _patch_acc(row: dict) -> str:
+    """An ablation row's mean patch accuracy; rows from before it was recorded have none (their fold checkpoints
+    were gone, or belonged to another run of the same recipe)."""
+    return f"{100 * row['mean_patch_accuracy']:.2f}%" if "mean_patch_accuracy" in row else "not recorded"
+
+
 def speech_markdown(r: dict, ablation: list[dict], command: str) -> str:
     paired = "mean_clip_accuracy_without_test_speeds" in r
     lines = ["# Speech branch: RAVDESS, actor-independent 4-fold CV", "",
@@ -516,7 +522,8 @@ def speech_markdown(r: dict, ablation: list[dict], command: str) -> str:
                   "reports/speech_ablation.json; rows on all four folds: `--folds 0,1,2,3`). Each row changes one thing against the recipe it was measured "
                   "with: the current one, or where the base column says so, an earlier one (the row's full recipe "
                   "is in the json; the next `--ablation` run re-measures it).", "",
-                  "| variant | change | base | folds | mean clip acc | minutes |", "|---|---|---|---|---|---|"]
+                  "| variant | change | base | folds | mean clip acc | patch acc | minutes |",
+                  "|---|---|---|---|---|---|---|"]
         for a in ablation:
             differs, _ = ablation_base(a, ablation, current_recipe())
             base = "recipe" if not differs else "recipe with " + ", ".join(f"{k}={v}" for k, v in differs.items())
@@ -525,7 +532,8 @@ def speech_markdown(r: dict, ablation: list[dict], command: str) -> str:
             paired += "".join(f" ({100 * a[f'mean_clip_accuracy_{name}']:.2f}% {text})"
                               for name, text in PAIRED_ROW_TEXT.items() if f"mean_clip_accuracy_{name}" in a)
             lines.append(f"| {a['name']} | {a['change']} | {base} | {a['folds']} | "
-                         f"{100 * a['mean_clip_accuracy']:.2f}%{paired} | {a.get('cv_minutes', a['minutes']):.1f} |")
+                         f"{100 * a['mean_clip_accuracy']:.2f}%{paired} | {_patch_acc(a)} | "
+                         f"{a.get('cv_minutes', a['minutes']):.1f} |")
     lines += ["", "## What limits it", ""] + limits(r, ablation)
     lines += ["", "Recipe: `" + json.dumps(r["recipe"]) + "`", "", f"Folds (actors): {r['folds_map']}", ""]
     return "\n".join(lines)
