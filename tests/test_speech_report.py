@@ -174,3 +174,20 @@ def test_a_second_seed_is_reported_as_noise_not_as_a_lever():
     line = next(ln for ln in md.splitlines() if ln.startswith("- **Seed.**"))
     assert "67.61% against 68.61%" in line and "-2.0, +1.0, -3.0, -1.0" in line
     assert "seed" not in next(ln for ln in md.splitlines() if ln.startswith("- **Levers**"))
+
+
+def test_four_fold_rows_plot_patch_against_clip_accuracy(tmp_path):
+    from training.speech_cv import write_reports
+    now = SpeechRecipe()
+    rows = [dict(_row(n, c, now.replace(**kw)), folds=[0, 1, 2, 3], mean_patch_accuracy=pa)
+            for n, c, pa, kw in (("recipe", 0.686, 0.559, {}), ("patch-1.44s", 0.681, 0.606, {"patch_frames": 144}),
+                                 ("lstm-128", 0.675, 0.545, {"lstm_units": 128}))]
+    rows.append(_row("naive", 0.53, now.replace(logmel_norm="none")))            # 2 folds, no patch accuracy
+    md = speech_markdown(_headline(now), rows, "")
+    line = next(ln for ln in md.splitlines() if ln.startswith("- **Better patches"))
+    assert "3 rows" in line and "54.5–60.6%" in line and "67.5–68.6%" in line and "(`patch-1.44s`) scores 68.10%" in line
+    assert "| 60.60% |" in next(ln for ln in md.splitlines() if ln.startswith("| patch-1.44s"))
+    assert "| not recorded |" in next(ln for ln in md.splitlines() if ln.startswith("| naive"))
+    write_reports(_headline(now), tmp_path, rows)
+    assert (tmp_path / "speech_levers.png").stat().st_size > 10_000
+    assert "Better patches" not in speech_markdown(_headline(now), rows[:2], "")   # two points say nothing
