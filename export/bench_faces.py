@@ -45,17 +45,12 @@ EDGE_CONFIGS: dict[str, tuple[dict, int | None]] = {
 
 
 def machine_info() -> dict:
-    cpu = ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                   if line.startswith(("model name", "Model")))
-    except (OSError, StopIteration):
-        pass
+    from edge.machine import cpu_model
     governor = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
     import ai_edge_litert
     import tensorflow as tf
     return {
-        "cpu": cpu or platform.processor(), "cores": os.cpu_count(), "machine": platform.machine(),
+        "cpu": cpu_model(), "cores": os.cpu_count(), "machine": platform.machine(),
         "governor": governor.read_text().strip() if governor.exists() else None,
         "load_avg_1_5_15": os.getloadavg(), "python": platform.python_version(),
         "tensorflow": tf.__version__, "ai_edge_litert": getattr(ai_edge_litert, "__version__", "?"),
