@@ -108,43 +108,35 @@ def test_a_rerun_of_the_recipe_with_another_random_stream_is_reported_as_noise()
     assert "from the four test-only speeds" in levers and NOISE_ROW not in levers   # not a lever
 
 
+def _paired(recipe: SpeechRecipe, name: str, row_name: str, headline: float, row: tuple[float, float],
+            **fold) -> tuple[str, str]:
+    """speech.md of a headline and one ablation row that carry the paired figure ``name``: (markdown, the row)."""
+    r = _headline(recipe)
+    r["folds"][0].update({f"clip_accuracy_{name}": headline, **fold})
+    r[f"mean_clip_accuracy_{name}"] = headline
+    a = _row(row_name, row[0], recipe)
+    a[f"mean_clip_accuracy_{name}"] = row[1]
+    md = speech_markdown(r, [a], "")
+    return md, next(ln for ln in md.splitlines() if ln.startswith(f"| {row_name}"))
+
+
 def test_a_snapshot_ensemble_shows_the_best_epoch_alone():
-    now = SpeechRecipe(snapshots=3)
-    r = _headline(now)
-    r["folds"][0].update(clip_accuracy_best_epoch=0.58, snapshot_epochs=[[12, 9, 15]])
-    r["mean_clip_accuracy_best_epoch"] = 0.58
-    row = _row("snapshots-3", 0.61, now)
-    row["mean_clip_accuracy_best_epoch"] = 0.59
-    md = speech_markdown(r, [row], "")
+    md, line = _paired(SpeechRecipe(snapshots=3), "best_epoch", "snapshots-3", 0.58, (0.61, 0.59),
+                       snapshot_epochs=[[12, 9, 15]])
     assert "3 best validation epochs" in md and "[12, 9, 15]" in md and "scores **58.00%** (folds 58.0)" in md
-    line = next(ln for ln in md.splitlines() if ln.startswith("| snapshots-3"))
     assert "61.00% (59.00% from each run's best epoch alone)" in line
     assert "best epoch's model alone" not in speech_markdown(_headline(SpeechRecipe()), [], "")
 
 
 def test_speaker_batchnorm_shows_the_trained_statistics_alongside():
-    now = SpeechRecipe(speaker_bn=True)
-    r = _headline(now)
-    r["folds"][0]["clip_accuracy_without_speaker_bn"] = 0.57
-    r["mean_clip_accuracy_without_speaker_bn"] = 0.57
-    row = _row("speaker-bn", 0.62, now)
-    row["mean_clip_accuracy_without_speaker_bn"] = 0.6
-    md = speech_markdown(r, [row], "")
+    md, line = _paired(SpeechRecipe(speaker_bn=True), "without_speaker_bn", "speaker-bn", 0.57, (0.62, 0.6))
     assert "AdaBN" in md and "score **57.00%** (folds 57.0)" in md
-    line = next(ln for ln in md.splitlines() if ln.startswith("| speaker-bn"))
     assert "62.00% (60.00% from the same models with their trained BatchNorm statistics)" in line
 
 
 def test_self_training_shows_the_same_models_before_it():
-    now = SpeechRecipe(self_train=0.5)
-    r = _headline(now)
-    r["folds"][0]["clip_accuracy_without_self_train"] = 0.66
-    r["mean_clip_accuracy_without_self_train"] = 0.66
-    row = _row("self-train-0.5", 0.64, now)
-    row["mean_clip_accuracy_without_self_train"] = 0.65
-    md = speech_markdown(r, [row], "")
+    md, line = _paired(SpeechRecipe(self_train=0.5), "without_self_train", "self-train-0.5", 0.66, (0.64, 0.65))
     assert "50% of each voted class" in md and "8 more epochs" in md and "score **66.00%** (folds 66.0)" in md
-    line = next(ln for ln in md.splitlines() if ln.startswith("| self-train-0.5"))
     assert "64.00% (65.00% from the same models before self-training)" in line
     assert "Self-training" not in speech_markdown(_headline(SpeechRecipe()), [], "")
 
