@@ -287,7 +287,7 @@ def trunk_patches(trunk, log_mels: list[np.ndarray], hop_frames: int, p: Params 
     pp = p if n == p.patch_frames else dataclasses.replace(p, patch_window_seconds=n * p.stft_hop_seconds)
     pats, clip_ids, offs = [], [], []
     for i, m in enumerate(log_mels):
-        ps = patches_from_log_mel(pad_to(m, n), pp, hop_frames)     # (n, 96, 64)
+        ps = patches_from_log_mel(pad_to(m, n), pp, hop_frames)     # (patches, n, 64)
         pats.append(ps)
         clip_ids.append(np.full(len(ps), i))
         offs.append(np.arange(len(ps)) * hop_frames)
