@@ -441,8 +441,9 @@ def write_reports(result: dict, out: Path, ablation: list[dict] | None = None, c
     cm = np.array(result["confusion"])
     plot_confusion(cm, result["emotions"], out / "speech_confusion.png",
                    f"speech, actor-independent 4-fold: {100 * result['mean_clip_accuracy']:.1f}% clip accuracy")
-    if len(four_fold_rows(ablation or [])) > 1:
-        plot_levers(four_fold_rows(ablation), out / "speech_levers.png")
+    four = four_fold_rows(ablation or [])
+    if len(four) > 1:
+        plot_levers(four, out / "speech_levers.png")
     (out / "speech.md").write_text(speech_markdown(public, ablation or [], public["command"]))
 
 
