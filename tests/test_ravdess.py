@@ -67,6 +67,16 @@ def test_vote_majority_and_ties():
     assert ids.tolist() == [0, 1] and pred.tolist() == [0, 1]
 
 
+def test_soft_vote_sums_probabilities_where_the_majority_counts():
+    from training.speech import soft_vote
+    probs = np.array([[0.6, 0.4, 0], [0.6, 0.4, 0], [0.0, 1.0, 0],      # 2 votes to 1 for class 0, but class 1
+                      [0.2, 0.1, 0.7]])                                 # sums to 1.8 against 1.2
+    clip = np.array([3, 3, 3, 7])
+    assert vote(probs, clip)[1].tolist() == [0, 2]
+    ids, pred = soft_vote(probs, clip)
+    assert ids.tolist() == [3, 7] and pred.tolist() == [1, 2]
+
+
 def test_speed_copies_train_with_their_actor_and_never_validate_or_test():
     from training.speech import PSEUDO_SPEAKER, fold_clips
     real = np.repeat(np.arange(1, 25), 3)                              # 3 clips per actor

@@ -91,7 +91,7 @@ def test_an_interrupted_cv_resumes_after_its_last_finished_fold(tmp_path, monkey
             "test_ps": PatchSet(np.zeros((n, 1), np.float16), np.arange(n), np.zeros(n, int))}
     calls = []
 
-    def fake_fold(prep, recipe, p, fi, progress):
+    def fake_fold(prep, recipe, p, fi, progress, checkpoints=None):
         calls.append(fi)
         if fi == 2 and len(calls) == 2:
             raise KeyboardInterrupt                                      # the run is killed during fold 2
@@ -119,6 +119,43 @@ def test_an_interrupted_cv_resumes_after_its_last_finished_fold(tmp_path, monkey
     for field, value in turned_on.items():                              # ... turned on: another key
         on = recipe.replace(**{field: value})
         assert cv.checkpoint_file(tmp_path, prep, on, Params(), "fold", 0) != key
+
+
+def test_an_ensemble_of_seeds_reuses_the_runs_it_shares_with_a_smaller_one(tmp_path, monkeypatch):
+    """Each seed's run of a fold is kept: 3 seeds after 2 train only the third, and the first-k-seeds curve and the
+    soft vote come from the same probabilities."""
+    from types import SimpleNamespace
+
+    import training.speech_cv as cv
+    from training.speech import PatchSet, SpeechRecipe
+    n = 24 * 2                                                          # 2 clips an actor, 2 patches a clip
+    prep = {"labels": np.arange(n) % 8, "clip_actor": np.repeat(np.arange(1, 25), 2), "skipped": [],
+            "clips": [SimpleNamespace(path=f"Actor_{i // 2 + 1:02d}/clip{i}.flac") for i in range(n)],
+            "train_ps": None,
+            "test_ps": PatchSet(np.zeros((2 * n, 1), np.float16), np.repeat(np.arange(n), 2), np.zeros(2 * n, int))}
+    trained = []
+
+    def fake_train(train_ps, test_ps, labels, clip_actor, test_actors, r, p, seed, progress):
+        trained.append(seed)
+        rows = test_ps.of_clips(np.flatnonzero(np.isin(clip_actor, test_actors)))
+        probs = np.full((len(rows), 8), 0.1)
+        right = labels[test_ps.clip[rows]]
+        probs[np.arange(len(rows)), (right + (seed == 0) * (np.arange(len(rows)) % 2)) % 8] = 0.3  # seed 0: half wrong
+        return {"probs": probs, "test_rows": rows, "val_actors": [7, 8], "best_epoch": seed + 3,
+                "val_clip_accuracy": 0.5, "clip_accuracy": 0.0, "model": object()}
+    monkeypatch.setattr(cv, "train_fold", fake_train)
+    r2 = SpeechRecipe(seeds=(0, 1), test_speeds=(), speed_perturb=())
+    two = cv._run_fold(prep, r2, Params(), 0, False, tmp_path)
+    three = cv._run_fold(prep, r2.replace(seeds=(0, 1, 2)), Params(), 0, False, tmp_path)
+    assert trained == [0, 1, 2]                                         # seeds 0 and 1 read back, not retrained
+    assert three["fold"]["best_epochs"] == [3, 4, 5] and three["fold"]["val_actors"] == [7, 8]
+    assert len(three["fold"]["clip_accuracy_first_seeds"]) == 3
+    assert three["fold"]["clip_accuracy_first_seeds"][:2] == two["fold"]["clip_accuracy_first_seeds"]
+    assert three["fold"]["clip_accuracy_first_seeds"][1:] == [1.0, 1.0]  # seed 1 outvotes seed 0's errors
+    assert 0.0 < two["fold"]["clip_accuracy_soft_vote"] <= 1.0
+    assert not list(tmp_path.rglob("*.tmp*"))
+    cv._run_fold(prep, r2.replace(seeds=(1,)), Params(), 0, False, tmp_path)
+    assert trained == [0, 1, 2]                                         # a single seed reuses its run too
 
 
 class _Weights:

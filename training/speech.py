@@ -428,6 +428,14 @@ def vote(probs: np.ndarray, clip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ids, np.array([majority_vote(probs[clip == c]) for c in ids], int)
 
 
+def soft_vote(probs: np.ndarray, clip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The argmax of each clip's summed patch probabilities (not the paper's rule: a paired figure beside it)."""
+    ids, inv = np.unique(clip, return_inverse=True)
+    sums = np.zeros((len(ids), probs.shape[1]))
+    np.add.at(sums, inv, probs)
+    return ids, sums.argmax(1)
+
+
 # ------------------------------------------------------------------ one fold
 
 class ModelSelector:

@@ -24,6 +24,7 @@ from training.speech import (
     n_recorded,
     normalize_log_mel,
     recorded_clip,
+    soft_vote,
     stretch_frames,
     train_fold,
     trunk_patches,
@@ -69,10 +70,21 @@ def prepare(data: str | Path, yamnet: str, recipe: SpeechRecipe, p: Params = Par
             "skipped": skipped_names + skipped_audio}
 
 
-# recipe fields added after fold checkpoints were written, at their off value, leave a fold's result unchanged:
-# they stay out of its checkpoint key, so those checkpoints still serve the recipe
-KEY_NEUTRAL = {"snapshots": 1, "speaker_bn": False, "speaker_adversary": 0.0, "keep_tempo": False,
-               "pitch_perturb": (), "self_train": 0.0, "self_train_epochs": 8, "patch_frames": 96}
+# recipe fields added after reports were first written -> the value runs made before them ran with (the lever off,
+# whatever the field's default is now), as JSON values
+FIELDS_ADDED_OFF = {"freq_warp": 0.0, "refit": False, "seeds": [0], "speed_perturb": [], "test_speeds": [],
+                    "pool_speeds": False, "lr_decay": "none", "select_with_test_speeds": False, "snapshots": 1,
+                    "speaker_bn": False, "speaker_adversary": 0.0, "keep_tempo": False, "pitch_perturb": [],
+                    "self_train": 0.0, "self_train_epochs": 8, "patch_frames": 96}
+# of those, the ones added after fold checkpoints were written: at their off value they leave a fold's result
+# unchanged and stay out of its checkpoint key, so those checkpoints still serve the recipe
+KEY_NEUTRAL = ("snapshots", "speaker_bn", "speaker_adversary", "keep_tempo", "pitch_perturb", "self_train",
+               "self_train_epochs", "patch_frames")
+
+
+def as_json(value):
+    """A value as it reads back from a report (tuples become lists)."""
+    return json.loads(json.dumps(value))
 
 
 def checkpoint_file(checkpoints: Path | None, prep: dict, recipe: SpeechRecipe, p: Params, kind: str,
@@ -81,7 +93,7 @@ def checkpoint_file(checkpoints: Path | None, prep: dict, recipe: SpeechRecipe, 
     interrupted run resumes at the first unfinished fold and any change starts afresh."""
     if checkpoints is None:
         return None
-    rec = {k: v for k, v in asdict(recipe).items() if k not in KEY_NEUTRAL or v != KEY_NEUTRAL[k]}
+    rec = {k: v for k, v in asdict(recipe).items() if k not in KEY_NEUTRAL or as_json(v) != FIELDS_ADDED_OFF[k]}
     ident = json.dumps({"recipe": rec, "params": asdict(p), "labels": np.asarray(prep["labels"]).tolist(),
                         "clips": [Path(c.path).name for c in prep["clips"]]}, sort_keys=True, default=str)
     return checkpoints / hashlib.sha256(ident.encode()).hexdigest()[:16] / f"{kind}_{fold}.json"
@@ -109,13 +121,40 @@ def machine_record() -> dict:
     return {"cpu_count": __import__("os").cpu_count(), "python": platform.python_version(), "cpu": cpu_model()}
 
 
-def _run_fold(prep: dict, recipe: SpeechRecipe, p: Params, fi: int, progress: bool) -> dict:
+# what a fold keeps of each training run (besides its arrays: test_rows and the probs_* of the test patches)
+RUN_META = ("val_actors", "best_epoch", "val_clip_accuracy", "clip_accuracy", "patch_accuracy", "snapshot_epochs",
+            "self_train_clips")
+
+
+def _seed_run(prep: dict, recipe: SpeechRecipe, p: Params, fi: int, seed: int, progress: bool,
+              checkpoints: Path | None) -> dict:
+    """One training run of a fold (one seed), kept as .npz beside the fold checkpoints: an ensemble of seeds
+    reuses the runs of smaller ones (and of the single-seed recipe), and an interrupted ensemble resumes."""
+    f = checkpoint_file(checkpoints, prep, recipe.replace(seeds=(seed,)), p, "run", fi)
+    f = f.with_suffix(".npz") if f is not None else None
+    if f is not None and f.is_file():
+        log.info("%s: run of seed %d finished earlier, read from it", f, seed)
+        with np.load(f, allow_pickle=False) as z:
+            return {**{k: z[k] for k in z.files if k != "meta"}, **json.loads(str(z["meta"]))}
+    run = train_fold(prep["train_ps"], prep["test_ps"], prep["labels"], prep["clip_actor"], list(p.folds[fi]),
+                     recipe, p, seed, progress)
+    if f is not None:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        tmp = f.with_suffix(".tmp.npz")
+        meta = json.dumps({k: run[k] for k in RUN_META if k in run}, default=lambda v: v.item())
+        np.savez(tmp, meta=np.array(meta), **{k: np.asarray(v) for k, v in run.items()
+                                              if k == "test_rows" or k.startswith("probs")})
+        tmp.replace(f)                     # atomic, as a fold checkpoint
+    return run
+
+
+def _run_fold(prep: dict, recipe: SpeechRecipe, p: Params, fi: int, progress: bool,
+              checkpoints: Path | None = None) -> dict:
     """One fold (every seed of the recipe): its report row and the votes behind the confusion matrix."""
     t0 = time.time()
     labels, clip_actor, test_ps = prep["labels"], prep["clip_actor"], prep["test_ps"]
     test_actors = list(p.folds[fi])
-    runs = [train_fold(prep["train_ps"], test_ps, labels, clip_actor, test_actors, recipe, p, seed, progress)
-            for seed in recipe.seeds]
+    runs = [_seed_run(prep, recipe, p, fi, seed, progress, checkpoints) for seed in recipe.seeds]
     probs = np.mean([r["probs"] for r in runs], axis=0)           # ensemble of seeds
     rows = runs[0]["test_rows"]
     ids, pred = vote(probs, recorded_clip(test_ps.clip[rows], clip_actor))
@@ -130,6 +169,15 @@ def _run_fold(prep: dict, recipe: SpeechRecipe, p: Params, fi: int, progress: bo
         ids2, pred2 = vote(np.mean([r.get(key, r["probs"]) for r in runs], axis=0),
                            recorded_clip(test_ps.clip[rows], clip_actor))
         return float(np.mean(pred2 == labels[ids2]))
+    clip_of_row = recorded_clip(test_ps.clip[rows], clip_actor)
+
+    def accuracy(voted: tuple[np.ndarray, np.ndarray]) -> float:
+        return float(np.mean(voted[1] == labels[voted[0]]))
+    # the same probabilities summed per clip instead of counted (not the paper's rule: a paired figure)
+    fold["clip_accuracy_soft_vote"] = accuracy(soft_vote(probs, clip_of_row))
+    if len(runs) > 1:                                  # the ensemble of the first k seeds, k = 1 .. all
+        fold["clip_accuracy_first_seeds"] = [accuracy(vote(np.mean([r["probs"] for r in runs[:k]], axis=0),
+                                                           clip_of_row)) for k in range(1, len(runs) + 1)]
     if any("probs_best_epoch" in r for r in runs):  # the best epochs' models alone, without their snapshots
         fold["clip_accuracy_best_epoch"] = paired("probs_best_epoch")
         fold["snapshot_epochs"] = [r.get("snapshot_epochs", [r["best_epoch"]]) for r in runs]
@@ -152,7 +200,7 @@ def _run_fold(prep: dict, recipe: SpeechRecipe, p: Params, fi: int, progress: bo
 
 
 # paired figures a fold may carry besides clip_accuracy (clip_accuracy_<name>: the same runs voted another way)
-PAIRED = ("without_speaker_bn", "best_epoch", "trained_test_speeds", "without_self_train")
+PAIRED = ("without_speaker_bn", "best_epoch", "trained_test_speeds", "without_self_train", "soft_vote")
 
 
 def run_cv(prep: dict, recipe: SpeechRecipe, p: Params = Params(), folds: list[int] | None = None,
@@ -165,7 +213,7 @@ def run_cv(prep: dict, recipe: SpeechRecipe, p: Params = Params(), folds: list[i
         f = checkpoint_file(checkpoints, prep, recipe, p, "fold", fi)
         done = _load_checkpoint(f)
         if done is None:
-            done = _run_fold(prep, recipe, p, fi, progress)
+            done = _run_fold(prep, recipe, p, fi, progress, checkpoints)
             _save_checkpoint(f, done)
         fold = done["fold"]
         log.info("fold %s: clip %.3f patch %.3f", fold["test_actors"], fold["clip_accuracy"], fold["patch_accuracy"])
@@ -188,6 +236,9 @@ def run_cv(prep: dict, recipe: SpeechRecipe, p: Params = Params(), folds: list[i
             float(np.mean([f["clip_accuracy_without_test_speeds"] for f in fold_results]))} if recipe.test_speeds else {}),
         **{f"mean_clip_accuracy_{name}": float(np.mean([f[f"clip_accuracy_{name}"] for f in fold_results]))
            for name in PAIRED if fold_results and all(f"clip_accuracy_{name}" in f for f in fold_results)},
+        **({"mean_clip_accuracy_first_seeds": np.mean([f["clip_accuracy_first_seeds"] for f in fold_results],
+                                                      axis=0).tolist()}
+           if fold_results and all("clip_accuracy_first_seeds" in f for f in fold_results) else {}),
         "params": int(build_head(recipe, p).count_params()),
         "patches_per_clip": {"mean": float(n_per_clip.mean()), "min": int(n_per_clip.min()),
                              "max": int(n_per_clip.max()), "hop_seconds": recipe.test_hop_frames / 100},
@@ -358,24 +409,17 @@ ABLATION = (
 )
 
 
-# recipe fields added after reports were first written -> the value runs made before them ran with (the lever off,
-# whatever the field's default is now)
-FIELDS_ADDED_OFF = {"freq_warp": 0.0, "refit": False, "seeds": [0], "speed_perturb": [], "test_speeds": [],
-                    "pool_speeds": False, "lr_decay": "none", "select_with_test_speeds": False, "snapshots": 1,
-                    "speaker_bn": False, "speaker_adversary": 0.0, "keep_tempo": False, "pitch_perturb": [],
-                    "self_train": 0.0, "self_train_epochs": 8, "patch_frames": 96}
-
 
 def recipe_as_run(stored: dict) -> dict:
     """A recipe stored in a report as JSON values, with the fields it predates as they were before they existed
     (``FIELDS_ADDED_OFF``, else the field's default)."""
-    return {**json.loads(json.dumps(asdict(SpeechRecipe()))), **FIELDS_ADDED_OFF, **json.loads(json.dumps(stored))}
+    return {**as_json(asdict(SpeechRecipe())), **FIELDS_ADDED_OFF, **as_json(stored)}
 
 
 def current_recipe() -> dict:
     """The recipe `edge-train speech` runs now (the ablation's reference: `--ablation` measures against it, even
     when the headline run in speech_cv.json predates a change to it)."""
-    return json.loads(json.dumps(asdict(SpeechRecipe())))
+    return as_json(asdict(SpeechRecipe()))
 
 
 def recipe_changes(old: dict, new: dict) -> dict:
@@ -490,7 +534,8 @@ def _trained_speeds_note(r: dict) -> str:
 # paired figures beside clip_accuracy (the same runs voted another way): what each is, in an ablation row
 PAIRED_ROW_TEXT = {"best_epoch": "from each run's best epoch alone",
                    "without_speaker_bn": "from the same models with their trained BatchNorm statistics",
-                   "without_self_train": "from the same models before self-training"}
+                   "without_self_train": "from the same models before self-training",
+                   "soft_vote": "voting each clip by its summed probabilities instead of the majority"}
 
 
 def _lever_notes(r: dict) -> list[str]:
@@ -510,7 +555,10 @@ def _lever_notes(r: dict) -> list[str]:
             f"Self-training (transductive): after model selection, the {100 * rec['self_train']:.0f}% of each "
             f"voted class the model is surest of among the test clips train {rec['self_train_epochs']} more epochs "
             "with its own vote as their label (test labels are never read). Before it the same models score "
-            f"{_paired_figure(r, 'without_self_train')}.")}
+            f"{_paired_figure(r, 'without_self_train')}."),
+        "soft_vote": lambda: (
+            "Voting rule: the paper's majority of patch decisions (ties by summed probabilities). Voting each clip "
+            f"by its summed probabilities instead, the same models score {_paired_figure(r, 'soft_vote')}.")}
     return [line for name, text in notes.items() if f"mean_clip_accuracy_{name}" in r for line in (text(), "")]
 
 
@@ -567,6 +615,9 @@ def speech_markdown(r: dict, ablation: list[dict], command: str) -> str:
                       "test copies)") if "mean_clip_accuracy_without_test_speeds" in a else ""
             paired += "".join(f" ({100 * a[f'mean_clip_accuracy_{name}']:.2f}% {text})"
                               for name, text in PAIRED_ROW_TEXT.items() if f"mean_clip_accuracy_{name}" in a)
+            if len(a.get("mean_clip_accuracy_first_seeds", [])) > 1:
+                paired += " (the first k seeds: " + ", ".join(
+                    f"{100 * v:.2f}%" for v in a["mean_clip_accuracy_first_seeds"]) + ")"
             lines.append(f"| {a['name']} | {a['change']} | {base} | {a['folds']} | "
                          f"{100 * a['mean_clip_accuracy']:.2f}%{paired} | {_patch_acc(a)} | "
                          f"{a.get('cv_minutes', a['minutes']):.1f} |")
