@@ -154,6 +154,7 @@ def test_an_ensemble_of_seeds_reuses_the_runs_it_shares_with_a_smaller_one(tmp_p
     assert three["fold"]["clip_accuracy_first_seeds"][1:] == [1.0, 1.0]  # seed 1 outvotes seed 0's errors
     assert 0.0 < two["fold"]["clip_accuracy_soft_vote"] <= 1.0
     assert not list(tmp_path.rglob("*.tmp*"))
+    assert three["fold"]["minutes"] >= two["fold"]["minutes"] - 1e-9   # read-back runs count their own time
     cv._run_fold(prep, r2.replace(seeds=(1,)), Params(), 0, False, tmp_path)
     assert trained == [0, 1, 2]                                         # a single seed reuses its run too
 

@@ -123,7 +123,7 @@ def machine_record() -> dict:
 
 # what a fold keeps of each training run (besides its arrays: test_rows and the probs_* of the test patches)
 RUN_META = ("val_actors", "best_epoch", "val_clip_accuracy", "clip_accuracy", "patch_accuracy", "snapshot_epochs",
-            "self_train_clips")
+            "self_train_clips", "minutes")
 
 
 def _seed_run(prep: dict, recipe: SpeechRecipe, p: Params, fi: int, seed: int, progress: bool,
@@ -135,9 +135,11 @@ def _seed_run(prep: dict, recipe: SpeechRecipe, p: Params, fi: int, seed: int, p
     if f is not None and f.is_file():
         log.info("%s: run of seed %d finished earlier, read from it", f, seed)
         with np.load(f, allow_pickle=False) as z:
-            return {**{k: z[k] for k in z.files if k != "meta"}, **json.loads(str(z["meta"]))}
+            return {**{k: z[k] for k in z.files if k != "meta"}, **json.loads(str(z["meta"])), "from_cache": True}
+    t0 = time.time()
     run = train_fold(prep["train_ps"], prep["test_ps"], prep["labels"], prep["clip_actor"], list(p.folds[fi]),
                      recipe, p, seed, progress)
+    run["minutes"] = (time.time() - t0) / 60
     if f is not None:
         f.parent.mkdir(parents=True, exist_ok=True)
         tmp = f.with_suffix(".tmp.npz")
@@ -176,8 +178,9 @@ def _run_fold(prep: dict, recipe: SpeechRecipe, p: Params, fi: int, progress: bo
     # the same probabilities summed per clip instead of counted (not the paper's rule: a paired figure)
     fold["clip_accuracy_soft_vote"] = accuracy(soft_vote(probs, clip_of_row))
     if len(runs) > 1:                                  # the ensemble of the first k seeds, k = 1 .. all
-        fold["clip_accuracy_first_seeds"] = [accuracy(vote(np.mean([r["probs"] for r in runs[:k]], axis=0),
-                                                           clip_of_row)) for k in range(1, len(runs) + 1)]
+        firsts = [np.mean([r["probs"] for r in runs[:k]], axis=0) for k in range(1, len(runs) + 1)]
+        fold["clip_accuracy_first_seeds"] = [accuracy(vote(pr, clip_of_row)) for pr in firsts]
+        fold["clip_accuracy_first_seeds_soft_vote"] = [accuracy(soft_vote(pr, clip_of_row)) for pr in firsts]
     if any("probs_best_epoch" in r for r in runs):  # the best epochs' models alone, without their snapshots
         fold["clip_accuracy_best_epoch"] = paired("probs_best_epoch")
         fold["snapshot_epochs"] = [r.get("snapshot_epochs", [r["best_epoch"]]) for r in runs]
@@ -195,7 +198,8 @@ def _run_fold(prep: dict, recipe: SpeechRecipe, p: Params, fi: int, progress: bo
             keep = test_ps.clip[rows] < n_recorded(clip_actor) * (1 + len(recipe.speed_perturb))
             ids1, pred1 = vote(probs[keep], recorded_clip(test_ps.clip[rows][keep], clip_actor))
             fold["clip_accuracy_trained_test_speeds"] = float(np.mean(pred1 == labels[ids1]))
-    fold["minutes"] = (time.time() - t0) / 60
+    # this fold's own time: what ran now, and what the runs read back took when they ran
+    fold["minutes"] = (time.time() - t0) / 60 + sum(r["minutes"] for r in runs if r.get("from_cache"))
     return {"fold": fold, "true": labels[ids].tolist(), "pred": pred.tolist()}
 
 
@@ -236,9 +240,9 @@ def run_cv(prep: dict, recipe: SpeechRecipe, p: Params = Params(), folds: list[i
             float(np.mean([f["clip_accuracy_without_test_speeds"] for f in fold_results]))} if recipe.test_speeds else {}),
         **{f"mean_clip_accuracy_{name}": float(np.mean([f[f"clip_accuracy_{name}"] for f in fold_results]))
            for name in PAIRED if fold_results and all(f"clip_accuracy_{name}" in f for f in fold_results)},
-        **({"mean_clip_accuracy_first_seeds": np.mean([f["clip_accuracy_first_seeds"] for f in fold_results],
-                                                      axis=0).tolist()}
-           if fold_results and all("clip_accuracy_first_seeds" in f for f in fold_results) else {}),
+        **{f"mean_clip_accuracy_{name}": np.mean([f[f"clip_accuracy_{name}"] for f in fold_results], axis=0).tolist()
+           for name in ("first_seeds", "first_seeds_soft_vote")
+           if fold_results and all(f"clip_accuracy_{name}" in f for f in fold_results)},
         "params": int(build_head(recipe, p).count_params()),
         "patches_per_clip": {"mean": float(n_per_clip.mean()), "min": int(n_per_clip.min()),
                              "max": int(n_per_clip.max()), "hop_seconds": recipe.test_hop_frames / 100},
