@@ -66,6 +66,12 @@ def test_bench_face_archs_help():
     assert r.returncode == 0 and "face_arch_bench.json" in r.stdout
 
 
+def test_conv_ceiling_help():
+    r = subprocess.run([sys.executable, "-m", "export.conv_ceiling", "--help"], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and "conv_ceiling.json" in r.stdout
+
+
 def test_face_sweep_help_and_unknown_run(tmp_path):
     r = subprocess.run([sys.executable, "-m", "training.face_sweep", "--help"], cwd=REPO, capture_output=True,
                        text=True, timeout=300)

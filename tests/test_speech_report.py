@@ -183,3 +183,21 @@ def test_four_fold_rows_plot_patch_against_clip_accuracy(tmp_path):
     write_reports(_headline(now), tmp_path, rows)
     assert (tmp_path / "speech_levers.png").stat().st_size > 10_000
     assert "Better patches" not in speech_markdown(_headline(now), rows[:2], "")   # two points say nothing
+
+
+def test_an_ensemble_row_shows_what_each_added_seed_bought_and_the_soft_vote():
+    now = SpeechRecipe()
+    four = dict(folds=[0, 1, 2, 3], mean_patch_accuracy=0.57, cv_minutes=61.0)
+    row = dict(_row("ensemble-3", 0.70, now.replace(seeds=(0, 1, 2))), **four,
+               mean_clip_accuracy_soft_vote=0.705, mean_clip_accuracy_first_seeds=[0.686, 0.694, 0.70],
+               mean_clip_accuracy_first_seeds_soft_vote=[0.69, 0.70, 0.705],
+               mean_clip_accuracy_each_seed=[0.686, 0.675, 0.68])
+    md = speech_markdown(_headline(now), [dict(_row("recipe", 0.686, now), **four), row], "")
+    line = next(ln for ln in md.splitlines() if ln.startswith("| ensemble-3"))
+    assert "70.00% (70.50% voting each clip by its summed probabilities" in line
+    assert "(the first k seeds: 68.60%, 69.40%, 70.00%)" in line
+    seeds = next(ln for ln in md.splitlines() if ln.startswith("- **Seeds.**"))
+    assert "k = 1: 68.60%, 2: 69.40%, 3: 70.00%" in seeds and "(mean 68.03%)" in seeds
+    assert "k = 1: 69.00%, 2: 70.00%, 3: 70.50%" in seeds and "the 3 took 61 min" in seeds
+    assert "-1.4 vs. a 3-seed ensemble" in next(ln for ln in md.splitlines() if ln.startswith("- **Levers**"))
+    assert "**Seeds.**" not in speech_markdown(_headline(now), [dict(_row("recipe", 0.686, now), **four)], "")

@@ -243,6 +243,8 @@ def run_cv(prep: dict, recipe: SpeechRecipe, p: Params = Params(), folds: list[i
         **{f"mean_clip_accuracy_{name}": np.mean([f[f"clip_accuracy_{name}"] for f in fold_results], axis=0).tolist()
            for name in ("first_seeds", "first_seeds_soft_vote")
            if fold_results and all(f"clip_accuracy_{name}" in f for f in fold_results)},
+        **({"mean_clip_accuracy_each_seed": np.mean([f["single_seed_clip_accuracy"] for f in fold_results],
+                                                    axis=0).tolist()} if len(recipe.seeds) > 1 else {}),
         "params": int(build_head(recipe, p).count_params()),
         "patches_per_clip": {"mean": float(n_per_clip.mean()), "min": int(n_per_clip.min()),
                              "max": int(n_per_clip.max()), "hop_seconds": recipe.test_hop_frames / 100},
@@ -350,6 +352,7 @@ ABLATION = (
     ("refit", "recipe, then retrain on all 18 training actors for the selected epoch count", dict(refit=True)),
     ("ensemble-3", "recipe, 3 seeds (different validation actors and initialisations), probabilities averaged",
      dict(seeds=(0, 1, 2))),
+    ("ensemble-5", "recipe, 5 seeds (as ensemble-3, two more), probabilities averaged", dict(seeds=(0, 1, 2, 3, 4))),
     ("device-norm", "the shipped model's normalisation: per-speaker log-mel mean, global feature statistics",
      dict(feature_norm="global")),
     ("freq-warp-0.1", "recipe + VTLP-like frequency warp of activation_3 by up to +-10% per training patch",
@@ -692,6 +695,7 @@ def limits(r: dict, ablation: list[dict]) -> list[str]:
                    f"{ca.min():.1f}–{ca.max():.1f}% (correlation {np.corrcoef(pa, ca)[0, 1]:+.2f}). The row with "
                    f"the best patches (`{four[int(pa.argmax())]['name']}`) scores {ca[int(pa.argmax())]:.2f}% on "
                    "clips.\n\n  ![levers](speech_levers.png)")
+    out += _seeds_finding(ablation)
     fold_sets = sorted({json.dumps(a["folds"]) for a in ablation}, key=len)
     for i, fs in enumerate(fold_sets):
         text = _levers(r, [a for a in ablation if json.dumps(a["folds"]) == fs], ablation)
@@ -699,6 +703,28 @@ def limits(r: dict, ablation: list[dict]) -> list[str]:
             out.append("- **Levers** (the recipe a row was measured against minus the row, points, on "
                        + ("the ablation folds" if i == 0 else f"folds {fs}") + "): " + text)
     return out
+
+
+def _seeds_finding(ablation: list[dict]) -> list[str]:
+    """What averaging more seeds' models buys, from the four-fold ensemble row with the most seeds."""
+    rows = [a for a in four_fold_rows(ablation) if len(a.get("mean_clip_accuracy_first_seeds", [])) > 1]
+    if not rows:
+        return []
+    a = max(rows, key=lambda a: len(a["mean_clip_accuracy_first_seeds"]))
+
+    def curve(values: list[float]) -> str:
+        return ", ".join(f"{k}: {100 * v:.2f}%" for k, v in enumerate(values, 1))
+    text = (f"- **Seeds.** Averaging the probabilities of the first k seeds' models (`{a['name']}`, all four folds), "
+            f"k = {curve(a['mean_clip_accuracy_first_seeds'])}.")
+    if "mean_clip_accuracy_each_seed" in a:
+        each = a["mean_clip_accuracy_each_seed"]
+        text += (" Each seed alone: " + ", ".join(f"{100 * v:.2f}%" for v in each)
+                 + f" (mean {100 * float(np.mean(each)):.2f}%).")
+    if "mean_clip_accuracy_first_seeds_soft_vote" in a:
+        text += (" Voting each clip by its summed probabilities instead of the majority, k = "
+                 + curve(a["mean_clip_accuracy_first_seeds_soft_vote"]) + ".")
+    return [text + f" Every seed is a whole training run: the {len(a['mean_clip_accuracy_first_seeds'])} took "
+            f"{a.get('cv_minutes', a['minutes']):.0f} min on 2 cores."]
 
 
 def _levers(r: dict, group: list[dict], ablation: list[dict]) -> str:
@@ -716,6 +742,7 @@ def _levers(r: dict, group: list[dict], ablation: list[dict]) -> str:
                                      ("test-hop-0.24", "vs. twice the votes at test"),
                                      ("refit", "vs. refitting on the validation actors"),
                                      ("ensemble-3", "vs. a 3-seed ensemble (3x the training time)"),
+                                     ("ensemble-5", "vs. a 5-seed ensemble (5x the training time)"),
                                      ("device-norm", "of per-actor feature statistics over the device's fixed ones"),
                                      ("no-label-smoothing", "from label smoothing 0.1"),
                                      ("no-speed-perturb", "from speed perturbation (0.9, 1.1)"),
