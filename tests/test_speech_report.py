@@ -175,9 +175,11 @@ def test_four_fold_rows_plot_patch_against_clip_accuracy(tmp_path):
             for n, c, pa, kw in (("recipe", 0.686, 0.559, {}), ("patch-1.44s", 0.681, 0.606, {"patch_frames": 144}),
                                  ("lstm-128", 0.675, 0.545, {"lstm_units": 128}))]
     rows.append(_row("naive", 0.53, now.replace(logmel_norm="none")))            # 2 folds, no patch accuracy
+    rows.append(dict(_row("ensemble-3", 0.70, now.replace(seeds=(0, 1, 2))), folds=[0, 1, 2, 3],
+                     mean_patch_accuracy=0.62))                                 # 3 runs a fold: not a lever point
     md = speech_markdown(_headline(now), rows, "")
     line = next(ln for ln in md.splitlines() if ln.startswith("- **Better patches"))
-    assert "3 rows" in line and "54.5–60.6%" in line and "67.5–68.6%" in line and "(`patch-1.44s`) scores 68.10%" in line
+    assert "3 single-run rows" in line and "54.5–60.6%" in line and "67.5–68.6%" in line and "(`patch-1.44s`) scores 68.10%" in line
     assert "| 60.60% |" in next(ln for ln in md.splitlines() if ln.startswith("| patch-1.44s"))
     assert "| not recorded |" in next(ln for ln in md.splitlines() if ln.startswith("| naive"))
     write_reports(_headline(now), tmp_path, rows)
