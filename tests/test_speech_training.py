@@ -363,3 +363,38 @@ def test_longer_patches_reach_the_head_and_short_clips_are_padded(yamnet_weights
     assert head.predict(ps.x.astype(np.float32), verbose=0).shape == (3, 8)
     with pytest.raises(ValueError, match="patch_frames"):
         SpeechRecipe(patch_frames=100)
+
+
+def test_a_fold_votes_test_copies_for_their_recorded_clip_in_every_paired_figure(tmp_path, monkeypatch):
+    """With test-time copies (one at a training speed, one test-only), the recorded-clip-only and training-speed
+    figures vote exactly the rows they name: a copy's patches count for its recorded clip."""
+    from types import SimpleNamespace
+
+    import training.speech_cv as cv
+    from training.speech import PSEUDO_SPEAKER, PatchSet, SpeechRecipe, vote
+    real = np.repeat(np.arange(1, 25), 2)                               # 2 clips an actor
+    n = len(real)
+    clip_actor = np.concatenate([real + PSEUDO_SPEAKER * k for k in range(4)])   # speeds 0.9, 1.1, 0.85
+    labels = np.tile(np.arange(n) % 8, 4)
+    ps = PatchSet(np.zeros((len(clip_actor), 1), np.float16), np.arange(len(clip_actor)), np.zeros(len(clip_actor)))
+    prep = {"labels": labels, "clip_actor": clip_actor, "train_ps": None, "test_ps": ps,
+            "clips": [SimpleNamespace(path=f"c{i}.flac") for i in range(n)]}
+    r = SpeechRecipe(speed_perturb=(0.9, 1.1), test_speeds=(0.9, 0.85))
+    tst = np.flatnonzero(np.isin(real, Params().folds[0]))
+    run_rows = np.concatenate([tst, tst + n, tst + 3 * n])             # recorded, 0.9x and 0.85x (one patch each)
+    probs = np.random.default_rng(0).random((len(run_rows), 8))
+
+    def fake_train(train_ps, test_ps, labels, clip_actor, test_actors, r, p, seed, progress):
+        return {"probs": probs, "test_rows": run_rows, "val_actors": [7], "best_epoch": 1,
+                "val_clip_accuracy": 0.5, "clip_accuracy": 0.0}
+    monkeypatch.setattr(cv, "train_fold", fake_train)
+    fold = cv._run_fold(prep, r, Params(), 0, False, None)["fold"]
+    clip = run_rows % n
+    recorded = run_rows < n
+    ids, pred = vote(probs[recorded], clip[recorded])
+    assert fold["clip_accuracy_without_test_speeds"] == float(np.mean(pred == labels[ids]))
+    trained = run_rows < 3 * n                                          # recorded + the training-speed copies
+    ids, pred = vote(probs[trained], clip[trained])
+    assert fold["clip_accuracy_trained_test_speeds"] == float(np.mean(pred == labels[ids]))
+    ids, pred = vote(probs, clip)
+    assert fold["clip_accuracy"] == float(np.mean(pred == labels[ids])) and fold["n_test_clips"] == 12

@@ -159,22 +159,19 @@ def _run_fold(prep: dict, recipe: SpeechRecipe, p: Params, fi: int, progress: bo
     runs = [_seed_run(prep, recipe, p, fi, seed, progress, checkpoints) for seed in recipe.seeds]
     probs = np.mean([r["probs"] for r in runs], axis=0)           # ensemble of seeds
     rows = runs[0]["test_rows"]
-    ids, pred = vote(probs, recorded_clip(test_ps.clip[rows], clip_actor))
-    acc = float(np.mean(pred == labels[ids]))
-    fold = {"test_actors": test_actors, "val_actors": runs[0]["val_actors"], "clip_accuracy": acc,
+    clip_of_row = recorded_clip(test_ps.clip[rows], clip_actor)        # copies vote for their recorded clip
+
+    def accuracy(voted: tuple[np.ndarray, np.ndarray]) -> float:
+        return float(np.mean(voted[1] == labels[voted[0]]))
+    ids, pred = vote(probs, clip_of_row)
+    fold = {"test_actors": test_actors, "val_actors": runs[0]["val_actors"], "clip_accuracy": accuracy((ids, pred)),
             "patch_accuracy": float(np.mean(probs.argmax(1) == labels[test_ps.clip[rows]])),
             "n_test_clips": int(len(ids)), "n_test_patches": int(len(rows)),
             "best_epochs": [r["best_epoch"] for r in runs],
             "val_clip_accuracy": [r["val_clip_accuracy"] for r in runs],
             "single_seed_clip_accuracy": [r["clip_accuracy"] for r in runs]}
     def paired(key: str) -> float:   # the clip accuracy of the same runs' other probabilities (own where none)
-        ids2, pred2 = vote(np.mean([r.get(key, r["probs"]) for r in runs], axis=0),
-                           recorded_clip(test_ps.clip[rows], clip_actor))
-        return float(np.mean(pred2 == labels[ids2]))
-    clip_of_row = recorded_clip(test_ps.clip[rows], clip_actor)
-
-    def accuracy(voted: tuple[np.ndarray, np.ndarray]) -> float:
-        return float(np.mean(voted[1] == labels[voted[0]]))
+        return accuracy(vote(np.mean([r.get(key, r["probs"]) for r in runs], axis=0), clip_of_row))
     # the same probabilities summed per clip instead of counted (not the paper's rule: a paired figure)
     fold["clip_accuracy_soft_vote"] = accuracy(soft_vote(probs, clip_of_row))
     if len(runs) > 1:                                  # the ensemble of the first k seeds, k = 1 .. all
@@ -191,13 +188,11 @@ def _run_fold(prep: dict, recipe: SpeechRecipe, p: Params, fi: int, progress: bo
         fold["self_train_clips"] = [r["self_train_clips"] for r in runs]
     if recipe.test_speeds:            # the same models without test-time augmentation: a paired figure
         rec = test_ps.clip[rows] < n_recorded(clip_actor)
-        ids0, pred0 = vote(probs[rec], test_ps.clip[rows][rec])
-        fold["clip_accuracy_without_test_speeds"] = float(np.mean(pred0 == labels[ids0]))
+        fold["clip_accuracy_without_test_speeds"] = accuracy(vote(probs[rec], clip_of_row[rec]))
         trained = [s for s in recipe.test_speeds if s in recipe.speed_perturb]
         if trained and len(trained) < len(recipe.test_speeds):   # and with the copies at training speeds alone
             keep = test_ps.clip[rows] < n_recorded(clip_actor) * (1 + len(recipe.speed_perturb))
-            ids1, pred1 = vote(probs[keep], recorded_clip(test_ps.clip[rows][keep], clip_actor))
-            fold["clip_accuracy_trained_test_speeds"] = float(np.mean(pred1 == labels[ids1]))
+            fold["clip_accuracy_trained_test_speeds"] = accuracy(vote(probs[keep], clip_of_row[keep]))
     # this fold's own time: what ran now, and what the runs read back took when they ran
     fold["minutes"] = (time.time() - t0) / 60 + sum(r["minutes"] for r in runs if r.get("from_cache"))
     return {"fold": fold, "true": labels[ids].tolist(), "pred": pred.tolist()}
@@ -414,7 +409,6 @@ ABLATION = (
     ("no-test-speeds", "recipe without test-time augmentation (the recipe until it joined): test clips voted as "
                        "recorded, not also at other speeds", dict(test_speeds=())),
 )
-
 
 
 def recipe_as_run(stored: dict) -> dict:
