@@ -144,6 +144,8 @@ def test_an_ensemble_of_seeds_reuses_the_runs_it_shares_with_a_smaller_one(tmp_p
         return {"probs": probs, "test_rows": rows, "val_actors": [7, 8], "best_epoch": seed + 3,
                 "val_clip_accuracy": 0.5, "clip_accuracy": 0.0, "model": object()}
     monkeypatch.setattr(cv, "train_fold", fake_train)
+    clock = iter(range(0, 6000, 60))
+    monkeypatch.setattr(cv, "time", SimpleNamespace(time=lambda: float(next(clock))))
     r2 = SpeechRecipe(seeds=(0, 1), test_speeds=(), speed_perturb=())
     two = cv._run_fold(prep, r2, Params(), 0, False, tmp_path)
     three = cv._run_fold(prep, r2.replace(seeds=(0, 1, 2)), Params(), 0, False, tmp_path)
@@ -154,7 +156,8 @@ def test_an_ensemble_of_seeds_reuses_the_runs_it_shares_with_a_smaller_one(tmp_p
     assert three["fold"]["clip_accuracy_first_seeds"][1:] == [1.0, 1.0]  # seed 1 outvotes seed 0's errors
     assert 0.0 < two["fold"]["clip_accuracy_soft_vote"] <= 1.0
     assert not list(tmp_path.rglob("*.tmp*"))
-    assert three["fold"]["minutes"] >= two["fold"]["minutes"] - 1e-9   # read-back runs count their own time
+    # a fold's minutes: its own clock, plus what the runs it read back took (each clock reading is a minute on)
+    assert two["fold"]["minutes"] == 5.0 and three["fold"]["minutes"] == 3.0 + 2 * 1.0
     cv._run_fold(prep, r2.replace(seeds=(1,)), Params(), 0, False, tmp_path)
     assert trained == [0, 1, 2]                                         # a single seed reuses its run too
 
