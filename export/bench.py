@@ -58,6 +58,23 @@ def interleaved_ratio(slow, fast, rounds: int, runs: int, warmup: int) -> list[d
     return out
 
 
+def int8_vs_keras(models: list[dict], rounds: int, int8_timing: tuple[int, int],
+                  keras_timing: tuple[int, int]) -> list[dict]:
+    """Each model's ``int8`` and ``keras`` call timed (p50 over (runs, warmup)) in ``rounds`` rounds over all
+    models, so every model sees every machine state the others see; per model the median of its rounds."""
+    t = [{"int8": [], "keras": []} for _ in models]
+    for _ in range(rounds):
+        for ti, m in zip(t, models, strict=True):
+            ti["int8"].append(timeit(m["int8"], *int8_timing)["p50"])
+            ti["keras"].append(timeit(m["keras"], *keras_timing)["p50"])
+    out = []
+    for ti in t:
+        int8_ms, keras_ms = float(np.median(ti["int8"])), float(np.median(ti["keras"]))
+        out.append({"int8_ms_p50": int8_ms, "keras_compiled_ms_p50": keras_ms, "ratio": keras_ms / int8_ms,
+                    "int8_ms_p50_rounds": ti["int8"], "keras_compiled_ms_p50_rounds": ti["keras"]})
+    return out
+
+
 def ready_interpreter(model: bytes | str | Path, threads: int = 1, seed: int = 0):
     """A LiteRT interpreter of ``model`` (.tflite bytes or path), allocated, with every input set to random values
     of its type: ready to time ``.invoke`` (latency does not depend on the values)."""

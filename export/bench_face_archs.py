@@ -55,19 +55,9 @@ def build(widths: str, p) -> dict:
 def measure(models: list[dict], runs: int, rounds: int = 3) -> list[dict]:
     """Each model's int8 and Keras p50, in ``rounds`` rounds over all models (every row sees every machine
     state the others see); per row the median of its rounds."""
-    from export.bench import timeit
-    t = {i: {"int8": [], "keras": []} for i in range(len(models))}
-    for _ in range(rounds):
-        for i, m in enumerate(models):
-            t[i]["int8"].append(timeit(m["int8"], runs, 20)["p50"])
-            t[i]["keras"].append(timeit(m["keras"], max(runs // 2, 20), 10)["p50"])
-    rows = []
-    for i, m in enumerate(models):
-        int8_ms, keras_ms = float(np.median(t[i]["int8"])), float(np.median(t[i]["keras"]))
-        rows.append({k: m[k] for k in ("widths", "params", "macs_5_faces")} |
-                    {"int8_ms_p50": int8_ms, "keras_compiled_ms_p50": keras_ms, "ratio": keras_ms / int8_ms,
-                     "int8_ms_p50_rounds": t[i]["int8"], "keras_compiled_ms_p50_rounds": t[i]["keras"]})
-    return rows
+    from export.bench import int8_vs_keras
+    timed = int8_vs_keras(models, rounds, (runs, 20), (max(runs // 2, 20), 10))
+    return [{k: m[k] for k in ("widths", "params", "macs_5_faces")} | t for m, t in zip(models, timed, strict=True)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,7 +40,7 @@ def build(shape: tuple[int, ...], filters: int) -> dict:
     import keras
     import tensorflow as tf
 
-    from export.bench import ready_interpreter
+    from export.bench import graph_macs, ready_interpreter
     from export.convert import int8_random_calibration
     keras.utils.set_random_seed(0)
     inp = keras.Input(batch_shape=shape)
@@ -51,27 +51,18 @@ def build(shape: tuple[int, ...], filters: int) -> dict:
         f = Path(tmp) / "conv.tflite"
         f.write_bytes(int8_random_calibration(model, shape, rng, samples=8))
         it = ready_interpreter(f)
+        macs = graph_macs(f)
     fn = tf.function(lambda a: model(a, training=False))    # as edge-bench compiles the fused model
-    macs = int(np.prod(shape[:3])) * filters * 9 * shape[3]
     return {"macs": macs, "int8": it.invoke, "keras": lambda: fn(x).numpy()}
 
 
 def measure(runs: int, rounds: int) -> list[dict]:
-    from export.bench import timeit
-    built = [(name, shape, filters, build(shape, filters)) for name, shape, filters in SHAPES]
-    t = {name: {"int8": [], "keras": []} for name, *_ in built}
-    for _ in range(rounds):
-        for name, _, _, b in built:
-            t[name]["int8"].append(timeit(b["int8"], runs, 20)["p50"])
-            t[name]["keras"].append(timeit(b["keras"], runs, 20)["p50"])
-    rows = []
-    for name, shape, filters, b in built:
-        i8, kf = float(np.median(t[name]["int8"])), float(np.median(t[name]["keras"]))
-        rows.append({"conv": name, "input": list(shape), "filters": filters, "macs": b["macs"],
-                     "int8_ms_p50": i8, "keras_compiled_ms_p50": kf, "ratio": kf / i8,
-                     "int8_gmacs": b["macs"] / i8 / 1e6, "keras_gmacs": b["macs"] / kf / 1e6,
-                     "int8_ms_p50_rounds": t[name]["int8"], "keras_compiled_ms_p50_rounds": t[name]["keras"]})
-    return rows
+    from export.bench import int8_vs_keras
+    built = [build(shape, filters) for _, shape, filters in SHAPES]
+    timed = int8_vs_keras(built, rounds, (runs, 20), (runs, 20))
+    return [{"conv": name, "input": list(shape), "filters": filters, "macs": b["macs"], **t,
+             "int8_gmacs": b["macs"] / t["int8_ms_p50"] / 1e6, "keras_gmacs": b["macs"] / t["keras_compiled_ms_p50"] / 1e6}
+            for (name, shape, filters), b, t in zip(SHAPES, built, timed, strict=True)]
 
 
 def main(argv: list[str] | None = None) -> int:

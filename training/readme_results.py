@@ -63,11 +63,10 @@ def _speaker_bn(s: dict) -> str:
 
 def _ensemble_row() -> list[str]:
     """The four-fold speech row averaging the most seeds (research only: k times the training budget)."""
-    rows = [a for a in _load("speech_ablation.json") or [] if a["folds"] in ([0, 1, 2, 3], "all")
-            and len(a.get("mean_clip_accuracy_first_seeds", [])) > 1]
-    if not rows:
+    from training.speech_cv import largest_ensemble
+    a = largest_ensemble(_load("speech_ablation.json") or [])
+    if a is None:
         return []
-    a = max(rows, key=lambda a: len(a["mean_clip_accuracy_first_seeds"]))
     k = len(a["mean_clip_accuracy_first_seeds"])
     soft = (f" ({100 * a['mean_clip_accuracy_soft_vote']:.2f}% voting by summed probabilities)"
             if "mean_clip_accuracy_soft_vote" in a else "")

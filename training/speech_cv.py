@@ -710,12 +710,17 @@ def limits(r: dict, ablation: list[dict]) -> list[str]:
     return out
 
 
+def largest_ensemble(ablation: list[dict]) -> dict | None:
+    """The four-fold ablation row averaging the most seeds (None before any was measured)."""
+    rows = [a for a in four_fold_rows(ablation) if len(a.get("mean_clip_accuracy_first_seeds", [])) > 1]
+    return max(rows, key=lambda a: len(a["mean_clip_accuracy_first_seeds"]), default=None)
+
+
 def _seeds_finding(ablation: list[dict]) -> list[str]:
     """What averaging more seeds' models buys, from the four-fold ensemble row with the most seeds."""
-    rows = [a for a in four_fold_rows(ablation) if len(a.get("mean_clip_accuracy_first_seeds", [])) > 1]
-    if not rows:
+    a = largest_ensemble(ablation)
+    if a is None:
         return []
-    a = max(rows, key=lambda a: len(a["mean_clip_accuracy_first_seeds"]))
 
     def curve(values: list[float]) -> str:
         return ", ".join(f"{k}: {100 * v:.2f}%" for k, v in enumerate(values, 1))
