@@ -203,3 +203,23 @@ def test_an_ensemble_row_shows_what_each_added_seed_bought_and_the_soft_vote():
     assert "k = 1: 69.00%, 2: 70.00%, 3: 70.50%" in seeds and "the 3 took 61 min" in seeds
     assert "-1.4 vs. a 3-seed ensemble" in next(ln for ln in md.splitlines() if ln.startswith("- **Levers**"))
     assert "**Seeds.**" not in speech_markdown(_headline(now), [dict(_row("recipe", 0.686, now), **four)], "")
+
+
+def test_an_ensemble_inside_the_time_budget_is_named_beside_the_largest_one():
+    now = SpeechRecipe()
+    four = dict(folds=[0, 1, 2, 3], mean_patch_accuracy=0.57)
+    big = dict(_row("ensemble-3", 0.70, now.replace(seeds=(0, 1, 2))), **four, cv_minutes=61.0,
+               mean_clip_accuracy_first_seeds=[0.686, 0.694, 0.70])
+    small = dict(_row("ensemble-2-20ep", 0.69, now.replace(seeds=(0, 1), epochs=20, patience=5)), **four,
+                 change="recipe, 2 seeds, capped: sized", cv_minutes=25.8, mean_clip_accuracy_soft_vote=0.695,
+                 mean_clip_accuracy_first_seeds=[0.68, 0.69], mean_clip_accuracy_each_seed=[0.68, 0.666])
+    recipe = dict(_row("recipe", 0.686, now), **four, cv_minutes=20.0)
+    seeds = next(ln for ln in speech_markdown(_headline(now), [recipe, big, small], "").splitlines()
+                 if ln.startswith("- **Seeds.**"))
+    assert "(`ensemble-3`, all four folds)" in seeds        # the curve stays the largest ensemble's
+    assert ("Sized for the 30-minute budget (`ensemble-2-20ep`: recipe, 2 seeds, capped, 25.8 min): 69.00% "
+            "(69.50% by summed probabilities), its first seed alone 68.00%.") in seeds
+    over = dict(small, cv_minutes=31.0)                      # over the budget: not named as inside it
+    seeds = next(ln for ln in speech_markdown(_headline(now), [recipe, big, over], "").splitlines()
+                 if ln.startswith("- **Seeds.**"))
+    assert "Sized for" not in seeds
