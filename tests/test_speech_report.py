@@ -223,3 +223,14 @@ def test_an_ensemble_inside_the_time_budget_is_named_beside_the_largest_one():
     seeds = next(ln for ln in speech_markdown(_headline(now), [recipe, big, over], "").splitlines()
                  if ln.startswith("- **Seeds.**"))
     assert "Sized for" not in seeds
+
+
+def test_the_actors_finding_names_the_spread_and_the_two_sexes():
+    from training.speech_cv import limits
+    r = _headline(SpeechRecipe())
+    assert not any("**Actors.**" in ln for ln in limits(r, []))         # a headline from before the field: nothing
+    r["actor_clip_accuracy"] = {"1": 0.5, "2": 0.9, "3": 0.6, "4": 0.75}    # odd actors male, even female
+    (line,) = [ln for ln in limits(r, []) if "**Actors.**" in ln]
+    assert "score 50.0–90.0%" in line and "hardest 1 (50.0%), 3 (60.0%), 4 (75.0%)" in line
+    assert "easiest 2 (90.0%), 4 (75.0%), 3 (60.0%)" in line and "2 of 4 actors reach the paper's 72.22%" in line
+    assert "Male actors 55.0%, female 82.5%" in line

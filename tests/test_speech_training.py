@@ -40,6 +40,9 @@ def test_reduced_cv_learns_on_held_out_actors(reduced_run):
     assert prep["test_ps"].clip.max() == 4 * n - 1
     assert not set(fold["val_actors"]) & set(fold["test_actors"])
     assert res["params"] <= 500_000
+    per_actor = fold["actor_clip_accuracy"]                            # each test actor's 60 clips
+    assert sorted(map(int, per_actor)) == fold["test_actors"] and res["actor_clip_accuracy"] == per_actor
+    assert np.isclose(np.mean(list(per_actor.values())), fold["clip_accuracy"])
 
 
 def test_report_files(reduced_run, tmp_path):
@@ -52,7 +55,9 @@ def test_report_files(reduced_run, tmp_path):
         assert key in j
     assert set(j["patches_per_clip"]) >= {"mean", "min", "max"}
     assert (tmp_path / "speech_confusion.png").stat().st_size > 10_000
+    assert (tmp_path / "speech_actors.png").stat().st_size > 10_000
     assert "Mean clip accuracy" in (tmp_path / "speech.md").read_text()
+    assert "- **Actors.**" in (tmp_path / "speech.md").read_text()
     cm = np.array(j["confusion"])
     assert cm.shape == (8, 8) and cm.sum() == 360
 

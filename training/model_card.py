@@ -23,6 +23,20 @@ def pct(x) -> str:
     return "–" if x is None else f"{100 * x:.2f}%"
 
 
+def _speaker_spread(sp: dict | None) -> list[str]:
+    """How unevenly the speech CV serves its speakers: the per-actor range and the male / female means."""
+    acc = {int(a): v for a, v in ((sp or {}).get("actor_clip_accuracy") or {}).items()}
+    if not acc:
+        return []
+    male = [v for a, v in acc.items() if a % 2]
+    female = [v for a, v in acc.items() if a % 2 == 0]
+    return [f"- Speakers are not served evenly. In the speech branch's 4-fold CV (the research recipe of "
+            f"reports/speech.md; per actor: reports/speech_actors.png), each held-out actor's clips score "
+            f"{pct(min(acc.values()))} to {pct(max(acc.values()))}; the {len(male)} male actors "
+            f"{pct(sum(male) / len(male))} on average, the {len(female)} female actors {pct(sum(female) / len(female))}. "
+            "Expect a voice's accuracy to vary from person to person, and measure it on your own users."]
+
+
 def render() -> str:
     sh, ex, sp, fa, au = (_load(n) for n in ("ship_cv.json", "export.json", "speech_cv.json", "face_fer2013.json",
                                             "fusion_au_cv.json"))
@@ -115,6 +129,7 @@ def render() -> str:
           "- Speech: acted North-American English (RAVDESS, 24 actors, 2 sentences); speaker normalisation on the "
           "device is a running estimate, so the first seconds of a new speaker are less accurate.",
           "- The speech branch is below the paper (72.22%); see reports/speech.md.",
+          *_speaker_spread(sp),
           "- The exported graph floors each head's logits a little below the lowest maximum seen on calibration "
           "data (export/prequant.py, values in reports/export.json): the argmax is the trained model's, but the "
           "classes below the floor share one small probability, so low-confidence outputs are flatter than the "

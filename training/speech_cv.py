@@ -172,6 +172,10 @@ def _run_fold(prep: dict, recipe: SpeechRecipe, p: Params, fi: int, progress: bo
             "single_seed_clip_accuracy": [r["clip_accuracy"] for r in runs]}
     def paired(key: str) -> float:   # the clip accuracy of the same runs' other probabilities (own where none)
         return accuracy(vote(np.mean([r.get(key, r["probs"]) for r in runs], axis=0), clip_of_row))
+    # each test actor's clips alone (the recorded clips' votes, copies included as in the headline)
+    actor_of_clip = clip_actor[ids]
+    fold["actor_clip_accuracy"] = {str(int(a)): float(np.mean(pred[actor_of_clip == a] == labels[ids][actor_of_clip == a]))
+                                   for a in np.unique(actor_of_clip)}
     # the same probabilities summed per clip instead of counted (not the paper's rule: a paired figure)
     fold["clip_accuracy_soft_vote"] = accuracy(soft_vote(probs, clip_of_row))
     if len(runs) > 1:                                  # the ensemble of the first k seeds, k = 1 .. all
@@ -240,6 +244,8 @@ def run_cv(prep: dict, recipe: SpeechRecipe, p: Params = Params(), folds: list[i
            if fold_results and all(f"clip_accuracy_{name}" in f for f in fold_results)},
         **({"mean_clip_accuracy_each_seed": np.mean([f["single_seed_clip_accuracy"] for f in fold_results],
                                                     axis=0).tolist()} if len(recipe.seeds) > 1 else {}),
+        **({"actor_clip_accuracy": {a: v for f in fold_results for a, v in f["actor_clip_accuracy"].items()}}
+           if fold_results and all("actor_clip_accuracy" in f for f in fold_results) else {}),
         "params": int(build_head(recipe, p).count_params()),
         "patches_per_clip": {"mean": float(n_per_clip.mean()), "min": int(n_per_clip.min()),
                              "max": int(n_per_clip.max()), "hop_seconds": recipe.test_hop_frames / 100},
@@ -462,6 +468,51 @@ def n_seeds(row: dict) -> int:
     return len(recipe_as_run(row["recipe"])["seeds"])
 
 
+def plot_actors(r: dict, path: Path, paper: float = 0.7222) -> None:
+    """Each test actor's clip accuracy, one bar an actor coloured by its fold (hatched: female), with the mean and
+    the paper's figure as lines: how much of the fold spread is a few actors."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    acc = {int(a): 100 * v for a, v in r["actor_clip_accuracy"].items()}
+    fold_of = {a: i for i, f in enumerate(r["folds"]) for a in f["test_actors"]}
+    actors = sorted(acc)
+    fig, ax = plt.subplots(figsize=(8.4, 3.6))
+    for a in actors:
+        ax.bar(a, acc[a], color=f"C{fold_of.get(a, 0)}", hatch="//" if a % 2 == 0 else None, edgecolor="white")
+    ax.axhline(100 * r["mean_clip_accuracy"], color="black", lw=1, label=f"mean {100 * r['mean_clip_accuracy']:.1f}%")
+    ax.axhline(100 * paper, color="tab:red", lw=1, ls="--", label=f"paper {100 * paper:.2f}%")
+    ax.axhline(100 / len(r["emotions"]), color="grey", lw=1, ls=":", label="chance")
+    ax.set_xticks(actors)
+    ax.set_xlabel("test actor (odd male, even female hatched; colour: fold)")
+    ax.set_ylabel("clip accuracy %")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("speech, actor-independent 4-fold: each actor's 60 clips", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def _actors_finding(r: dict) -> list[str]:
+    """The spread over test actors (each voted by the model of the fold that held it out), and male vs female."""
+    if "actor_clip_accuracy" not in r:
+        return []
+    acc = {int(a): v for a, v in r["actor_clip_accuracy"].items()}
+    order = sorted(acc, key=lambda a: (acc[a], a))
+    male = [v for a, v in acc.items() if a % 2]
+    female = [v for a, v in acc.items() if a % 2 == 0]
+
+    def name(a: int) -> str:
+        return f"{a} ({100 * acc[a]:.1f}%)"
+    return [f"- **Actors.** Each actor's clips, voted by the fold model that held the actor out, score "
+            f"{100 * acc[order[0]]:.1f}–{100 * acc[order[-1]]:.1f}% (std {100 * float(np.std(list(acc.values()))):.1f} "
+            f"points over {len(acc)} actors): hardest {', '.join(name(a) for a in order[:3])}; easiest "
+            f"{', '.join(name(a) for a in order[::-1][:3])}. {sum(v >= 0.7222 for v in acc.values())} of {len(acc)} "
+            f"actors reach the paper's 72.22%. Male actors {100 * float(np.mean(male)):.1f}%, female "
+            f"{100 * float(np.mean(female)):.1f}%.\n\n  ![actors](speech_actors.png)"]
+
+
 def plot_levers(rows: list[dict], path: Path, paper: float = 0.7222) -> None:
     """Patch accuracy against clip accuracy, one point a 4-fold ablation row (the recipe highlighted), with the
     paper's clip accuracy as a line: whether the levers that make better patches make better clips."""
@@ -506,6 +557,8 @@ def write_reports(result: dict, out: Path, ablation: list[dict] | None = None, c
     four = four_fold_rows(ablation or [])
     if len(four) > 1:
         plot_levers(four, out / "speech_levers.png")
+    if "actor_clip_accuracy" in result:
+        plot_actors(result, out / "speech_actors.png")
     (out / "speech.md").write_text(speech_markdown(public, ablation or [], public["command"]))
 
 
@@ -669,6 +722,7 @@ def limits(r: dict, ablation: list[dict]) -> list[str]:
     accs = [f["clip_accuracy"] for f in r["folds"]]
     out.append(f"- **Fold spread.** Folds range {100 * min(accs):.1f}–{100 * max(accs):.1f}% (6 actors a fold): "
                "differences under ~4 points between recipes are within noise on 2 folds.")
+    out += _actors_finding(r)
     again = next((a for a in ablation if a["name"] == NOISE_ROW), None)
     base = next((a for a in ablation if again and a["name"] != NOISE_ROW and a["folds"] == again["folds"]
                  and recipe_as_run(a["recipe"]) == recipe_as_run(again["recipe"])), None)
