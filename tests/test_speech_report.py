@@ -234,3 +234,9 @@ def test_the_actors_finding_names_the_spread_and_the_two_sexes():
     assert "score 50.0–90.0%" in line and "hardest 1 (50.0%), 3 (60.0%), 4 (75.0%)" in line
     assert "easiest 2 (90.0%), 4 (75.0%), 3 (60.0%)" in line and "2 of 4 actors reach the paper's 72.22%" in line
     assert "Male actors 55.0%, female 82.5%" in line
+
+
+def test_every_ablation_lever_has_its_words_in_the_levers_finding():
+    """A row without an entry in LEVER_TEXT would silently drop out of the Levers finding."""
+    from training.speech_cv import ABLATION, LEVER_TEXT, SEED_ROW
+    assert set(LEVER_TEXT) == {n for n, _, _ in ABLATION} - {"recipe", SEED_ROW}

@@ -813,6 +813,47 @@ def in_budget_ensembles(ablation: list[dict]) -> list[dict]:
             and a.get("cv_minutes", a["minutes"]) <= CV_BUDGET_MINUTES]
 
 
+# what each ablation row's delta says in the Levers finding (the recipe a row was measured against minus the row);
+# every ABLATION row but the recipe and the seed row has one (a test checks it)
+LEVER_TEXT = {
+    "naive": "over the naive patch model",
+    "no-speaker-norm": "from per-actor normalisation",
+    "clip-cmn": "of per-actor over per-clip normalisation",
+    "no-augment": "from augmentation",
+    "test-hop-0.24": "vs. twice the votes at test",
+    "refit": "vs. refitting on the validation actors",
+    "ensemble-3": "vs. a 3-seed ensemble (3x the training time)",
+    "ensemble-5": "vs. a 5-seed ensemble (5x the training time)",
+    "ensemble-2-20ep": "vs. a 2-seed ensemble of runs capped at 20 epochs (patience 5)",
+    "device-norm": "of per-actor feature statistics over the device's fixed ones",
+    "freq-warp-0.1": "vs. a frequency warp of activation_3 by up to 10%",
+    "freq-warp-0.2": "vs. a frequency warp of activation_3 by up to 20%",
+    "no-label-smoothing": "from label smoothing 0.1",
+    "no-speed-perturb": "from speed perturbation (0.9, 1.1)",
+    "speed-perturb-4": "vs. four training speeds (0.8-1.2)",
+    "val-actors-2": "vs. 2 validation actors (16 training actors)",
+    "no-speed-same-steps": "from speed perturbation at equal training steps",
+    "pooled-speeds": "vs. pooling a clip's copies into its 4 crops (a third of the training steps)",
+    "no-test-speeds": "from the test-time speed copies",
+    "test-speeds-2": "from the four test-only speeds",
+    "snapshots-3": "vs. a snapshot ensemble of each run's 3 best epochs",
+    "speaker-bn": "vs. per-speaker BatchNorm statistics (AdaBN)",
+    "speaker-adversary-0.3": "vs. speaker-adversarial training (weight 0.3)",
+    "speaker-adversary-0.1": "vs. speaker-adversarial training (weight 0.1)",
+    "pitch-copies": "of speed copies over pitch-only copies (tempo kept)",
+    "pitch-copies-4": "vs. four training pitches (0.8-1.2, tempo kept)",
+    "speed-and-pitch": "vs. pitch copies beside the speed copies",
+    "actor-freq-norm": "vs. per-actor statistics per frequency bin too",
+    "self-train-0.5": "vs. self-training on the test speakers' surest half (paired: the same models before it)",
+    "patch-1.44s": "vs. 1.44 s patches",
+    "patch-2.24s": "vs. 2.24 s patches (near a clip-level model)",
+    "lstm-128": "vs. a BiLSTM of 128 units (487k parameters)",
+    "dropout-0.5": "vs. dropout 0.5",
+    "select-with-copies": "vs. selecting the model on validation clips voted with their copies",
+    "cosine-lr": "vs. a cosine learning-rate decay",
+}
+
+
 def _levers(r: dict, group: list[dict], ablation: list[dict]) -> str:
     """The levers of one set of folds: each row against the row of its base recipe on the same folds."""
     rows = {a["name"]: a for a in group}
@@ -821,44 +862,7 @@ def _levers(r: dict, group: list[dict], ablation: list[dict]) -> str:
     if "recipe" in rows:
         def delta(name: str) -> str:
             return f"{100 * (bases[name]['mean_clip_accuracy'] - rows[name]['mean_clip_accuracy']):+.1f}"
-        named = [(n, t) for n, t in (("naive", "over the naive patch model"),
-                                     ("no-speaker-norm", "from per-actor normalisation"),
-                                     ("clip-cmn", "of per-actor over per-clip normalisation"),
-                                     ("no-augment", "from augmentation"),
-                                     ("test-hop-0.24", "vs. twice the votes at test"),
-                                     ("refit", "vs. refitting on the validation actors"),
-                                     ("ensemble-3", "vs. a 3-seed ensemble (3x the training time)"),
-                                     ("ensemble-5", "vs. a 5-seed ensemble (5x the training time)"),
-                                     ("ensemble-2-20ep", "vs. a 2-seed ensemble of runs capped at 20 epochs "
-                                                         "(patience 5)"),
-                                     ("device-norm", "of per-actor feature statistics over the device's fixed ones"),
-                                     ("no-label-smoothing", "from label smoothing 0.1"),
-                                     ("no-speed-perturb", "from speed perturbation (0.9, 1.1)"),
-                                     ("speed-perturb-4", "vs. four training speeds (0.8-1.2)"),
-                                     ("val-actors-2", "vs. 2 validation actors (16 training actors)"),
-                                     ("no-speed-same-steps", "from speed perturbation at equal training steps"),
-                                     ("pooled-speeds", "vs. pooling a clip's copies into its 4 crops (a third of "
-                                                       "the training steps)"),
-                                     ("no-test-speeds", "from the test-time speed copies"),
-                                     ("test-speeds-2", "from the four test-only speeds"),
-                                     ("snapshots-3", "vs. a snapshot ensemble of each run's 3 best epochs"),
-                                     ("speaker-bn", "vs. per-speaker BatchNorm statistics (AdaBN)"),
-                                     ("speaker-adversary-0.3", "vs. speaker-adversarial training (weight 0.3)"),
-                                     ("speaker-adversary-0.1", "vs. speaker-adversarial training (weight 0.1)"),
-                                     ("pitch-copies", "of speed copies over pitch-only copies (tempo kept)"),
-                                     ("pitch-copies-4", "vs. four training pitches (0.8-1.2, tempo kept)"),
-                                     ("speed-and-pitch", "vs. pitch copies beside the speed copies"),
-                                     ("actor-freq-norm", "vs. per-actor statistics per frequency bin too"),
-                                     ("self-train-0.5", "vs. self-training on the test speakers' surest half "
-                                                        "(paired: the same models before it)"),
-                                     ("patch-1.44s", "vs. 1.44 s patches"),
-                                     ("patch-2.24s", "vs. 2.24 s patches (near a clip-level model)"),
-                                     ("lstm-128", "vs. a BiLSTM of 128 units (487k parameters)"),
-                                     ("dropout-0.5", "vs. dropout 0.5"),
-                                     ("select-with-copies", "vs. selecting the model on validation clips voted "
-                                                            "with their copies"),
-                                     ("cosine-lr", "vs. a cosine learning-rate decay"))
-                 if n in rows]
+        named = [(n, t) for n, t in LEVER_TEXT.items() if n in rows]
         text = "; ".join(f"{delta(n)} {t}" for n, t in named) + "."
         small = [n for n in ("no-augment", "test-hop-0.24", "refit") if n in rows and abs(float(delta(n))) < 2]
         if "no-speaker-norm" in rows and float(delta("no-speaker-norm")) > 3 and small:
