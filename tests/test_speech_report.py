@@ -233,7 +233,12 @@ def test_the_actors_finding_names_the_spread_and_the_two_sexes():
     (line,) = [ln for ln in limits(r, []) if "**Actors.**" in ln]
     assert "score 50.0–90.0%" in line and "hardest 1 (50.0%), 3 (60.0%), 4 (75.0%)" in line
     assert "easiest 2 (90.0%), 4 (75.0%), 3 (60.0%)" in line and "2 of 4 actors reach the paper's 72.22%" in line
-    assert "Male actors 55.0%, female 82.5%" in line
+    assert "Male actors 55.0%, female 82.5%" in line and "ablation rows that record it" not in line
+    four = dict(folds=[0, 1, 2, 3], mean_patch_accuracy=0.57, cv_minutes=20.0)
+    row = dict(_row("pitch-norm-0.5", 0.69, SpeechRecipe(pitch_norm=0.5)), **four, mean_clip_accuracy_male=0.62,
+               mean_clip_accuracy_female=0.754)
+    (line,) = [ln for ln in limits(r, [dict(_row("recipe", 0.686, SpeechRecipe()), **four), row]) if "Actors" in ln]
+    assert "the ablation rows that record it: `pitch-norm-0.5` male 62.0%, female 75.4%." in line
 
 
 def test_every_ablation_lever_has_its_words_in_the_levers_finding():

@@ -43,6 +43,7 @@ def test_reduced_cv_learns_on_held_out_actors(reduced_run):
     per_actor = fold["actor_clip_accuracy"]                            # each test actor's 60 clips
     assert sorted(map(int, per_actor)) == fold["test_actors"] and res["actor_clip_accuracy"] == per_actor
     assert np.isclose(np.mean(list(per_actor.values())), fold["clip_accuracy"])
+    assert np.isclose((res["mean_clip_accuracy_male"] + res["mean_clip_accuracy_female"]) / 2, fold["clip_accuracy"])
 
 
 def test_report_files(reduced_run, tmp_path):
@@ -119,7 +120,7 @@ def test_an_interrupted_cv_resumes_after_its_last_finished_fold(tmp_path, monkey
     assert cv.checkpoint_file(tmp_path, prep, recipe, Params(), "fold", 0) == key   # a recipe from before a lever
     turned_on = {"snapshots": 3, "speaker_bn": True, "speaker_adversary": 0.3, "keep_tempo": True,
                  "pitch_perturb": (0.9,), "self_train": 0.5, "self_train_epochs": 3,
-                 "patch_frames": 144}
+                 "patch_frames": 144, "pitch_norm": 0.5}
     assert set(turned_on) == set(cv.KEY_NEUTRAL)                         # a lever added later needs its line here
     for field, value in turned_on.items():                              # ... turned on: another key
         on = recipe.replace(**{field: value})

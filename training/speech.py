@@ -92,6 +92,10 @@ class SpeechRecipe:
     # log-mel frames a patch spans (96: YAMNet's 0.96 s, what the device graph takes); longer patches give the head
     # more context a sample (activation_3 of (frames / 4, 16, 64)). Research rows only: the export needs 96
     patch_frames: int = 96
+    # > 0: pitch normalisation, a vocal-tract-length normalisation by resampling (training/pitch.py): every clip of
+    # an actor (training and test, label-free) is played at (reference F0 / the actor's median F0) ** pitch_norm,
+    # clipped to [0.8, 1.25], before its log-mel; the speed copies are taken from that version
+    pitch_norm: float = 0.0
 
     def __post_init__(self):
         bad = [v for v in self.speed_perturb + self.pitch_perturb + self.test_speeds if not 0.5 <= v <= 2.0 or v == 1.0]
@@ -108,6 +112,8 @@ class SpeechRecipe:
             raise ValueError("self_train works on the best epoch's model: not with snapshots > 1 or speaker_bn")
         if self.patch_frames < 32 or self.patch_frames % 8:
             raise ValueError(f"patch_frames {self.patch_frames}: expected a multiple of 8, at least 32")
+        if not 0 <= self.pitch_norm <= 1:
+            raise ValueError(f"pitch_norm {self.pitch_norm}: expected an exponent in [0, 1] (0: off)")
         if self.lr_decay not in ("none", "cosine"):
             raise ValueError(f"lr_decay {self.lr_decay!r}: expected 'none' or 'cosine'")
 
