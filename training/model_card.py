@@ -25,15 +25,14 @@ def pct(x) -> str:
 
 def _speaker_spread(sp: dict | None) -> list[str]:
     """How unevenly the speech CV serves its speakers: the per-actor range and the male / female means."""
-    acc = {int(a): v for a, v in ((sp or {}).get("actor_clip_accuracy") or {}).items()}
-    if not acc:
+    sp = sp or {}
+    acc = sp.get("actor_clip_accuracy") or {}
+    if not acc or "mean_clip_accuracy_male" not in sp:
         return []
-    male = [v for a, v in acc.items() if a % 2]
-    female = [v for a, v in acc.items() if a % 2 == 0]
     return [f"- Speakers are not served evenly. In the speech branch's 4-fold CV (the research recipe of "
             f"reports/speech.md; per actor: reports/speech_actors.png), each held-out actor's clips score "
-            f"{pct(min(acc.values()))} to {pct(max(acc.values()))}; the {len(male)} male actors "
-            f"{pct(sum(male) / len(male))} on average, the {len(female)} female actors {pct(sum(female) / len(female))}. "
+            f"{pct(min(acc.values()))} to {pct(max(acc.values()))}; the male actors "
+            f"{pct(sp['mean_clip_accuracy_male'])} on average, the female actors {pct(sp['mean_clip_accuracy_female'])}. "
             "Expect a voice's accuracy to vary from person to person, and measure it on your own users."]
 
 
