@@ -46,6 +46,20 @@ def test_reduced_cv_learns_on_held_out_actors(reduced_run):
     assert np.isclose((res["mean_clip_accuracy_male"] + res["mean_clip_accuracy_female"]) / 2, fold["clip_accuracy"])
 
 
+def test_the_speaker_dependent_split_learns_and_splits_by_sex(reduced_run, tmp_path):
+    """The optimistic split (every actor in train and test), reduced to one fold of 4 epochs; resumable."""
+    from training.speech import SpeechRecipe
+    from training.speech_cv import speaker_dependent
+    prep, _ = reduced_run
+    recipe = SpeechRecipe(epochs=4, patches_per_clip=3, train_hop_frames=16, test_speeds=(0.9, 1.1, 0.95))
+    sd = speaker_dependent(prep, recipe, Params(), eval_folds=1, progress=False, checkpoints=tmp_path)
+    assert sd["mean_clip_accuracy"] >= 0.35, sd
+    (acc,) = sd["fold_clip_accuracy"]
+    assert min(sd["mean_clip_accuracy_male"], sd["mean_clip_accuracy_female"]) <= acc
+    assert acc <= max(sd["mean_clip_accuracy_male"], sd["mean_clip_accuracy_female"])
+    assert speaker_dependent(prep, recipe, Params(), eval_folds=1, progress=False, checkpoints=tmp_path) == sd
+
+
 def test_report_files(reduced_run, tmp_path):
     from training.speech_cv import write_reports
     _, res = reduced_run
