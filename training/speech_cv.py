@@ -221,9 +221,8 @@ def _run_fold(prep: dict, recipe: SpeechRecipe, p: Params, fi: int, progress: bo
     def paired(key: str) -> float:   # the clip accuracy of the same runs' other probabilities (own where none)
         return accuracy(vote(np.mean([r.get(key, r["probs"]) for r in runs], axis=0), clip_of_row))
     # each test actor's clips alone (the recorded clips' votes, copies included as in the headline)
-    actor_of_clip = clip_actor[ids]
-    fold["actor_clip_accuracy"] = {str(int(a)): float(np.mean(pred[actor_of_clip == a] == labels[ids][actor_of_clip == a]))
-                                   for a in np.unique(actor_of_clip)}
+    right, actor_of_clip = pred == labels[ids], clip_actor[ids]
+    fold["actor_clip_accuracy"] = {str(int(a)): float(right[actor_of_clip == a].mean()) for a in np.unique(actor_of_clip)}
     # the same probabilities summed per clip instead of counted (not the paper's rule: a paired figure)
     fold["clip_accuracy_soft_vote"] = accuracy(soft_vote(probs, clip_of_row))
     if len(runs) > 1:                                  # the ensemble of the first k seeds, k = 1 .. all
