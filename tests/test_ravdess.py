@@ -270,3 +270,60 @@ def test_prefetched_epochs_are_the_sequential_calls_in_order():
     gen.close()                                  # an early stop: at most the one epoch built ahead
     assert len(calls) <= 2
     assert list(prefetched(0, calls.append, 1)) == []
+
+
+def test_grouped_votes_follow_the_single_vote_rule_ties_included():
+    from edge.vote import majority_vote, majority_votes
+    rng = np.random.default_rng(4)
+    probs = rng.dirichlet(np.ones(4), size=300)
+    probs[:40] = np.tile([[0.5, 0.3, 0.1, 0.1], [0.2, 0.6, 0.1, 0.1]], (20, 1))   # groups of 2: 1-1 ties
+    group = np.concatenate([np.repeat(np.arange(20), 2), rng.integers(20, 60, 260)])
+    ids, pred = majority_votes(probs, group)
+    assert ids.tolist() == sorted(set(group.tolist()))
+    assert pred.tolist() == [majority_vote(probs[group == g]) for g in ids]
+    assert set(pred[:20].tolist()) == {1}                               # each tie goes to the larger sum (0.9)
+    with pytest.raises(ValueError, match="group ids"):
+        majority_votes(probs, group[:-1])
+
+
+def _leaning_speakers(rng, lean=2.5, per_class=6, patches=3):
+    """Two actors, 8 emotions, `per_class` clips of each: patch probabilities that know the emotion a little
+    and lean towards one emotion per actor (actor 1 towards 3, actor 2 towards 5) whatever is said."""
+    clip_actor, labels = [], []
+    for a in (1, 2):
+        clip_actor += [a] * 8 * per_class
+        labels += [e for e in range(8) for _ in range(per_class)]
+    clip_actor, labels = np.array(clip_actor), np.array(labels)
+    clip = np.repeat(np.arange(len(labels)), patches)
+    logits = 1.0 * np.eye(8)[labels[clip]] + rng.normal(0, 1.0, (len(clip), 8))
+    logits[:, 3] += lean * (clip_actor[clip] == 1)
+    logits[:, 5] += lean * (clip_actor[clip] == 2)
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return probs, clip, clip_actor, labels
+
+
+def test_actor_centring_removes_what_a_speaker_leans_towards():
+    from training.speech import actor_centred
+    probs, clip, clip_actor, labels = _leaning_speakers(np.random.default_rng(0))
+    ids, plain = vote(probs, clip)
+    c_ids, c_vote, c_scores = actor_centred(probs, clip, clip_actor)
+    assert np.array_equal(ids, c_ids)
+    assert np.mean(plain == labels[ids]) < 0.4                          # the lean wins most votes
+    assert np.mean(c_vote == labels[ids]) > np.mean(plain == labels[ids]) + 0.2
+    assert np.mean(c_scores == labels[ids]) > np.mean(plain == labels[ids]) + 0.2
+    # an actor's offset is its mean clip score: a clip repeated in more patches does not weigh more
+    doubled = np.concatenate([clip, clip[clip == 0]])
+    p2 = np.concatenate([probs, probs[clip == 0]])
+    assert np.array_equal(actor_centred(p2, doubled, clip_actor)[2], c_scores)
+
+
+def test_actor_centring_costs_when_a_speakers_clips_are_one_sided():
+    from training.speech import centring_under_skew
+    probs, clip, clip_actor, labels = _leaning_speakers(np.random.default_rng(1), lean=0.0, per_class=8)
+    table = centring_under_skew(probs, clip, clip_actor, labels, alphas=(100.0, 0.05), draws=20)
+    assert set(table) == {"100", "0.05"}
+    even, skewed = table["100"], table["0.05"]
+    assert even["clips_per_actor"] > 40 > 20 > skewed["clips_per_actor"]
+    # no lean to remove: with even clips centring is harmless, with one-sided clips it takes their emotion away
+    assert abs(even["centred_vote"] - even["vote"]) < 0.05
+    assert skewed["centred_scores"] < skewed["vote"] - 0.2 and skewed["centred_vote"] < skewed["vote"] - 0.2

@@ -250,3 +250,18 @@ def test_every_ablation_lever_has_its_words_in_the_levers_finding():
     """A row without an entry in LEVER_TEXT would silently drop out of the Levers finding."""
     from training.speech_cv import ABLATION, LEVER_TEXT, SEED_ROW
     assert set(LEVER_TEXT) == {n for n, _, _ in ABLATION} - {"recipe", SEED_ROW}
+
+
+def test_the_speaker_prior_is_reported_as_transductive_with_its_cost_under_skew():
+    r = _headline(SpeechRecipe())
+    assert "Speaker prior" not in speech_markdown(r, [], "")
+    r["folds"][0].update(clip_accuracy_actor_centred=0.73, clip_accuracy_actor_centred_scores=0.74)
+    r.update(mean_clip_accuracy_actor_centred=0.73, mean_clip_accuracy_actor_centred_scores=0.74,
+             actor_centring_skew={"5": {"clips_per_actor": 36.2, "vote": 0.69, "centred_vote": 0.72,
+                                        "centred_scores": 0.73},
+                                  "0.3": {"clips_per_actor": 16.0, "vote": 0.68, "centred_vote": 0.62,
+                                          "centred_scores": 0.61}})
+    md = speech_markdown(r, [], "")
+    assert "transductive" in md and "**73.00%** (folds 73.0) with the paper's majority vote" in md
+    assert "**74.00%** (folds 74.0) by the centred clip scores" in md
+    assert "| 0.3 | 16 | 68.00% | 62.00% | 61.00% |" in md and "| 5 | 36 | 69.00% | 72.00% | 73.00% |" in md

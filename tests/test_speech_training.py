@@ -421,3 +421,8 @@ def test_a_fold_votes_test_copies_for_their_recorded_clip_in_every_paired_figure
     assert fold["clip_accuracy_trained_test_speeds"] == float(np.mean(pred == labels[ids]))
     ids, pred = vote(probs, clip)
     assert fold["clip_accuracy"] == float(np.mean(pred == labels[ids])) and fold["n_test_clips"] == 12
+    from training.speech import actor_centred
+    c_ids, c_vote, c_scores = actor_centred(probs, clip, clip_actor)   # copies count for their recorded clip's actor
+    assert fold["clip_accuracy_actor_centred"] == float(np.mean(c_vote == labels[c_ids]))
+    assert fold["clip_accuracy_actor_centred_scores"] == float(np.mean(c_scores == labels[c_ids]))
+    assert set(fold["actor_centring_skew"]) == {"5", "1", "0.3"}
