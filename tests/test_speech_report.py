@@ -265,3 +265,13 @@ def test_the_speaker_prior_is_reported_as_transductive_with_its_cost_under_skew(
     assert "transductive" in md and "**73.00%** (folds 73.0) with the paper's majority vote" in md
     assert "**74.00%** (folds 74.0) by the centred clip scores" in md
     assert "| 0.3 | 16 | 68.00% | 62.00% | 61.00% |" in md and "| 5 | 36 | 69.00% | 72.00% | 73.00% |" in md
+
+
+def test_one_sided_speakers_are_a_finding_when_speaker_skew_was_run():
+    r = _headline(SpeechRecipe())
+    assert "Balanced speakers" not in speech_markdown(r, [], "")
+    skew = {"alphas": {"5": {"clips_per_actor": 35.0, "all_clip_stats": 0.70, "kept_clip_stats": 0.69},
+                       "0.3": {"clips_per_actor": 15.2, "all_clip_stats": 0.69, "kept_clip_stats": 0.60}}}
+    md = speech_markdown(r, [], "", skew)
+    assert "**Balanced speakers.**" in md and "Dirichlet(0.3), 15 clips per actor" in md
+    assert "score 60.0% against 69.0% with all-clip statistics" in md and "(speaker_skew.md)" in md

@@ -128,9 +128,9 @@ def run_ablation(args, recipe, p, out: Path, folds, cache, progress) -> int:
         (out / "speech_ablation.json").write_text(json.dumps(rows, indent=2))
     cv = out / "speech_cv.json"
     if cv.is_file():                     # keep the ablation table of speech.md in step with the json
-        from training.speech_cv import speech_markdown
+        from training.speech_cv import load_skew, speech_markdown
         r = json.loads(cv.read_text())
-        (out / "speech.md").write_text(speech_markdown(r, _load_ablation(out), r.get("command", "")))
+        (out / "speech.md").write_text(speech_markdown(r, _load_ablation(out), r.get("command", ""), load_skew(out)))
     return 0
 
 

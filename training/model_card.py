@@ -36,6 +36,20 @@ def _speaker_spread(sp: dict | None) -> list[str]:
             "Expect a voice's accuracy to vary from person to person, and measure it on your own users."]
 
 
+def _speaker_balance(sk: dict | None) -> list[str]:
+    """What speaker normalisation costs when a speaker's speech stays in a few emotions (speaker_skew.json)."""
+    if not sk:
+        return []
+    most = min(sk["alphas"], key=float)
+    m = sk["alphas"][most]
+    return [f"- Speaker normalisation presumes that what it has heard of a speaker covers the emotions. In the speech "
+            f"branch's CV (research recipe), statistics from one-sided speakers' clips alone "
+            f"({m['clips_per_actor']:.0f} clips a speaker, emotion mixes from a Dirichlet({most})) give "
+            f"{pct(m['kept_clip_stats'])} against {pct(m['all_clip_stats'])} with statistics of all their clips "
+            "(reports/speaker_skew.md). The device's running log-mel mean (`SpeakerNorm`, about the last 30 s of "
+            "speech) is such a statistic: expect a speaker who stays in one emotion to be read less well."]
+
+
 def render() -> str:
     sh, ex, sp, fa, au = (_load(n) for n in ("ship_cv.json", "export.json", "speech_cv.json", "face_fer2013.json",
                                             "fusion_au_cv.json"))
@@ -129,6 +143,7 @@ def render() -> str:
           "device is a running estimate, so the first seconds of a new speaker are less accurate.",
           "- The speech branch is below the paper (72.22%); see reports/speech.md.",
           *_speaker_spread(sp),
+          *_speaker_balance(_load("speaker_skew.json")),
           "- The exported graph floors each head's logits a little below the lowest maximum seen on calibration "
           "data (export/prequant.py, values in reports/export.json): the argmax is the trained model's, but the "
           "classes below the floor share one small probability, so low-confidence outputs are flatter than the "

@@ -470,12 +470,24 @@ def actor_centred(probs: np.ndarray, clip: np.ndarray, clip_actor: np.ndarray
 SKEW_ALPHAS = (5.0, 1.0, 0.3)      # Dirichlet concentration of a speaker's emotion mix: mild, flat, strong skew
 
 
+def skewed_subset(actor: np.ndarray, y: np.ndarray, alpha: float, rng: np.random.Generator,
+                  n_classes: int = 8) -> np.ndarray:
+    """A one-sided speaker: which clips to keep (a mask over ``actor``/``y``, one clip each) when every actor
+    gets an emotion mix from a Dirichlet(alpha), scaled so that its most frequent emotion keeps all its clips,
+    and each clip is kept with its emotion's share. Large alpha keeps nearly all, small alpha few emotions."""
+    keep = np.zeros(len(actor), bool)
+    for a in np.unique(actor):
+        mix = rng.dirichlet(np.full(n_classes, alpha))
+        mine = actor == a
+        keep[mine] = rng.random(mine.sum()) < (mix / mix.max())[y[mine]]
+    return keep
+
+
 def centring_under_skew(probs: np.ndarray, clip: np.ndarray, clip_actor: np.ndarray, labels: np.ndarray,
                         alphas: tuple[float, ...] = SKEW_ALPHAS, draws: int = 50, seed: int = 0) -> dict:
-    """:func:`actor_centred` when a speaker's clips do not cover the emotions evenly. Each draw gives every
-    test actor an emotion mix from a Dirichlet(alpha) scaled so that its most frequent emotion keeps all its
-    clips, keeps each clip with its emotion's share, and votes the kept clips three ways: the paper's majority
-    vote, the centred vote and the centred scores (the centring sees only the kept clips). The labels choose
+    """:func:`actor_centred` when a speaker's clips do not cover the emotions evenly. Each draw keeps a
+    :func:`skewed_subset` of the test clips and votes the kept clips three ways: the paper's majority vote, the
+    centred vote and the centred scores (the centring sees only the kept clips). The labels choose
     which clips a draw keeps; the votes never read them. Returns {alpha: means over the draws}."""
     rng = np.random.default_rng(seed)
     ids = np.unique(clip)
@@ -484,11 +496,7 @@ def centring_under_skew(probs: np.ndarray, clip: np.ndarray, clip_actor: np.ndar
     for alpha in alphas:
         acc, kept = [], []
         for _ in range(draws):
-            keep = np.zeros(len(ids), bool)
-            for a in np.unique(actor):
-                mix = rng.dirichlet(np.full(int(y.max()) + 1, alpha))
-                mine = actor == a
-                keep[mine] = rng.random(mine.sum()) < (mix / mix.max())[y[mine]]
+            keep = skewed_subset(actor, y, alpha, rng)
             rows = np.isin(clip, ids[keep])
             k_ids, plain = vote(probs[rows], clip[rows])
             _, c_vote, c_score = actor_centred(probs[rows], clip[rows], clip_actor)

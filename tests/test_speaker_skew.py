@@ -1,0 +1,103 @@
+"""training.speaker_skew: per-speaker statistics recomputed from a subset of a speaker's clips."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge.params import Params
+from training.speaker_skew import kept_stats_probs, markdown, plot, renormalised, summarise
+from training.speech import (
+    PSEUDO_SPEAKER,
+    SpeechRecipe,
+    Standardizer,
+    clip_accuracy,
+    normalize_log_mel,
+    trunk_patches,
+    with_test_copies,
+)
+
+
+class FakeTrunk:
+    """(n, 96, 64) log-mel patches -> (n, 24, 16, 64): 4x4 block means, spread over 64 channels."""
+    w = np.random.default_rng(0).normal(size=64).astype(np.float32)
+
+    def predict_on_batch(self, x):
+        x = np.asarray(x, np.float32)
+        return x.reshape(len(x), 24, 4, 16, 4).mean((2, 4))[..., None] * self.w
+
+
+class FakeHead:
+    """Softmax of a fixed linear map of each patch's channel means."""
+    w = np.random.default_rng(1).normal(size=(64, 8))
+
+    def predict(self, x, batch_size=256, verbose=0):
+        z = np.asarray(x, np.float64).mean((1, 2)) @ self.w
+        e = np.exp(z - z.max(1, keepdims=True))
+        return (e / e.sum(1, keepdims=True)).astype(np.float32)
+
+
+def test_renormalising_on_a_subset_equals_normalising_the_raw_log_mels_there():
+    rng = np.random.default_rng(2)
+    raw = [rng.normal(3, 2, (int(rng.integers(50, 90)), 64)) for _ in range(8)]
+    actor = np.array([1, 1, 1, 1, 2, 2, 2, 2])
+    normed = normalize_log_mel(raw, actor, "actor")
+    sub = np.array([0, 2, 5, 6, 7])
+    got = renormalised(normed, sub, actor)
+    assert sorted(got) == sub.tolist()
+    for a in (1, 2):
+        mine = sub[actor[sub] == a]
+        mu = np.concatenate([raw[i] for i in mine]).mean(0)
+        for i in mine:
+            np.testing.assert_allclose(got[int(i)], raw[i] - mu, atol=1e-9)
+
+
+def _prep(r: SpeechRecipe, p: Params):
+    rng = np.random.default_rng(3)
+    real = np.repeat([1, 2, 3], 4)                                       # 3 actors, 4 clips each
+    n = len(real)
+    versions = 1 + len(r.copies())
+    clip_actor = np.concatenate([real + PSEUDO_SPEAKER * k for k in range(versions)])
+    labels = np.tile(np.arange(n) % 8, versions)
+    raw = [rng.normal(0, 1, (int(rng.integers(100, 160)), 64)).astype(np.float32) + a for a in clip_actor]
+    mels = normalize_log_mel(raw, clip_actor, "actor")
+    trunk = FakeTrunk()
+    n_train = n * r.n_training_versions()
+    train_ps = trunk_patches(trunk, mels[:n_train], r.train_hop_frames, p, progress=False)
+    test_ps = trunk_patches(trunk, mels, r.test_hop_frames, p, progress=False)
+    return {"clip_actor": clip_actor, "labels": labels, "mels": mels, "train_ps": train_ps, "test_ps": test_ps}, trunk
+
+
+@pytest.mark.parametrize("recipe", [SpeechRecipe(speed_perturb=(), test_speeds=()),
+                                    SpeechRecipe(speed_perturb=(0.9,), test_speeds=(0.9, 1.2))])
+def test_kept_clip_statistics_with_every_clip_kept_are_the_recipes_own(recipe):
+    p = Params()
+    prep, trunk = _prep(recipe, p)
+    clip_actor = prep["clip_actor"]
+    n_train = 12 * recipe.n_training_versions()
+    fit = np.flatnonzero((clip_actor % PSEUDO_SPEAKER != 3) & (np.arange(len(clip_actor)) < n_train))
+    std = Standardizer.fit(prep["train_ps"], clip_actor, fit, "actor", prep["test_ps"])
+    tested = np.flatnonzero(clip_actor == 3)                            # actor 3's recorded clips
+    eval_clips = with_test_copies(tested, clip_actor, recipe)
+    want = clip_accuracy(FakeHead(), prep["test_ps"], eval_clips, prep["labels"], std, clip_actor)[4]
+    got, rows = kept_stats_probs(FakeHead(), std, prep, recipe, tested, trunk, p)
+    assert np.array_equal(np.sort(rows), np.sort(prep["test_ps"].clip[prep["test_ps"].of_clips(eval_clips)]))
+    np.testing.assert_allclose(got, want, atol=2e-3)
+    # half of the clips: other statistics, other probabilities, only those clips' rows
+    half, half_rows = kept_stats_probs(FakeHead(), std, prep, recipe, tested[:2], trunk, p)
+    assert set(half_rows % 12) == set(tested[:2].tolist())
+    assert not np.allclose(half, want[np.isin(prep["test_ps"].clip[prep["test_ps"].of_clips(eval_clips)] % 12,
+                                                tested[:2])], atol=2e-3)
+
+
+def test_the_report_names_the_change_at_the_most_one_sided_mix(tmp_path):
+    fold = {"test_actors": [1], "clip_accuracy": 0.70, "clip_accuracy_restated": 0.70, "minutes": 5.0,
+            "alphas": {"5": {"clips_per_actor": 36.0, "all_clip_stats": 0.69, "kept_clip_stats": 0.68,
+                             "kept_clip_stats_centred": 0.71},
+                       "0.3": {"clips_per_actor": 16.0, "all_clip_stats": 0.68, "kept_clip_stats": 0.61,
+                               "kept_clip_stats_centred": 0.55}}}
+    res = summarise([fold], SpeechRecipe(), 8, "python -m training.speaker_skew")
+    md = markdown(res)
+    assert "| 0.3 | 16 | 68.00% | 61.00% | 55.00% |" in md
+    assert "At alpha 0.3 (16 clips per actor)" in md and "by -7.00 points" in md and "by -6.00 points" in md
+    plot(res, tmp_path / "s.png")
+    assert (tmp_path / "s.png").stat().st_size > 1000

@@ -1,0 +1,243 @@
+"""Do the speech recipe's per-speaker statistics presume that a speaker's clips cover the emotions?
+
+The recipe removes each speaker's log-mel mean and standardises activation_3 per speaker, with statistics over
+all of that speaker's clips. In RAVDESS every actor speaks every emotion (4 neutral clips, 8 of each other), so
+those statistics are balanced over the emotions. A device has only the clips it heard. Each draw here keeps, per
+test actor, a one-sided subset of the clips (:func:`training.speech.skewed_subset`) and votes it with the
+headline recipe's models (seed 0, retrained: training is deterministic) three ways:
+
+- ``all_clip_stats``: statistics over all of the actor's clips, as speech_cv.json measures (the kept clips only
+  vote);
+- ``kept_clip_stats``: statistics over the kept clips alone, what a device listening to that speaker would have;
+- ``kept_clip_stats_centred``: the latter with the speaker prior removed (:func:`training.speech.actor_centred`).
+
+    python -m training.speaker_skew                 # -> reports/speaker_skew.json, .md, .png (about 35 min)
+    python -m training.speaker_skew --render        # re-render the .md and .png from the json
+
+Finished folds are kept beside the speech CV's fold checkpoints, so an interrupted run resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from edge.params import Params
+from training.speech import (
+    SKEW_ALPHAS,
+    PatchSet,
+    SpeechRecipe,
+    Standardizer,
+    actor_centred,
+    channel_stats,
+    clip_accuracy,
+    n_recorded,
+    recorded_clip,
+    skewed_subset,
+    train_fold,
+    trunk_patches,
+    vote,
+    with_test_copies,
+)
+
+log = logging.getLogger(__name__)
+
+REPORT = "speaker_skew"
+COLUMNS = {"all_clip_stats": "statistics over all the actor's clips (the CV's figure)",
+           "kept_clip_stats": "statistics over the kept clips alone (a device's case)",
+           "kept_clip_stats_centred": "kept-clip statistics, speaker prior removed"}
+
+
+def renormalised(mels: list[np.ndarray], clips: np.ndarray, clip_actor: np.ndarray) -> dict[int, np.ndarray]:
+    """The log-mels of ``clips``, each speaker's mean over these clips alone removed. ``mels`` arrive with the
+    mean over all of the speaker's frames removed; removing their mean over a subset again is the same as
+    normalising the raw log-mels on that subset."""
+    out = {}
+    for a in np.unique(clip_actor[clips]):
+        mine = clips[clip_actor[clips] == a]
+        mu = np.concatenate([mels[i] for i in mine]).mean(axis=0, keepdims=True)
+        out.update({int(i): mels[i] - mu for i in mine})
+    return out
+
+
+def _patches(trunk, mels: dict[int, np.ndarray], clips: np.ndarray, hop: int, p: Params, r: SpeechRecipe
+             ) -> PatchSet:
+    ps = trunk_patches(trunk, [mels[int(i)] for i in clips], hop, p, progress=False, frames=r.patch_frames)
+    return PatchSet(ps.x, np.asarray(clips)[ps.clip], ps.offsets)
+
+
+def kept_stats_probs(model, std: Standardizer, prep: dict, r: SpeechRecipe, kept: np.ndarray, trunk,
+                     p: Params = Params()) -> tuple[np.ndarray, np.ndarray]:
+    """Patch probabilities of the ``kept`` recorded clips and their test copies, every speaker (each copy is its
+    own) normalised with statistics of its kept clips alone, on the patches the recipe takes them from: training
+    hop for the versions that train, test hop for test-only copies. Returns (probs, the clip of each row)."""
+    clip_actor, n_real = prep["clip_actor"], n_recorded(prep["clip_actor"])
+    eval_clips = with_test_copies(kept, clip_actor, r)
+    trains = eval_clips // n_real < r.n_training_versions()
+    mels = renormalised(prep["mels"], eval_clips, clip_actor)
+    test_ps = _patches(trunk, mels, eval_clips, r.test_hop_frames, p, r)
+    fit_ps = _patches(trunk, mels, eval_clips[trains], r.train_hop_frames, p, r)
+    stats = Standardizer(mean={"global": std.mean["global"]}, std={"global": std.std["global"]})
+    for a in np.unique(clip_actor[eval_clips]):
+        src = fit_ps if np.isin(np.flatnonzero(clip_actor == a), fit_ps.clip).any() else test_ps
+        stats.mean[int(a)], stats.std[int(a)] = channel_stats(src.x, src.of_clips(np.flatnonzero(clip_actor == a)))
+    *_, probs = clip_accuracy(model, test_ps, eval_clips, prep["labels"], stats, clip_actor)
+    return probs, test_ps.clip[test_ps.of_clips(eval_clips)]
+
+
+def fold_table(prep: dict, r: SpeechRecipe, fi: int, trunk, alphas: tuple[float, ...], draws: int,
+               p: Params = Params(), progress: bool = True) -> dict:
+    """One test fold: the recipe's model (first seed), then ``draws`` one-sided subsets per alpha."""
+    from tqdm import tqdm
+    if r.logmel_norm != "actor" or r.feature_norm != "actor":
+        raise ValueError(f"speaker_skew measures per-actor statistics; the recipe has logmel_norm="
+                         f"{r.logmel_norm!r}, feature_norm={r.feature_norm!r}")
+    t0 = time.time()
+    labels, clip_actor = prep["labels"], prep["clip_actor"]
+    run = train_fold(prep["train_ps"], prep["test_ps"], labels, clip_actor, list(p.folds[fi]), r, p,
+                     r.seeds[0], progress)
+    rows, probs = run["test_rows"], run["probs"]
+    clip_of_row = recorded_clip(prep["test_ps"].clip[rows], clip_actor)
+    tested = np.unique(clip_of_row)
+    actor, y = clip_actor[tested], labels[tested]
+
+    def acc(voted: tuple[np.ndarray, np.ndarray]) -> float:
+        return float(np.mean(voted[1] == labels[voted[0]]))
+    # all clips kept: the kept-clip statistics are the recipe's own, so this restates the CV's fold figure
+    every, every_rows = kept_stats_probs(run["model"], run["standardizer"], prep, r, tested, trunk, p)
+    out = {"test_actors": list(p.folds[fi]), "clip_accuracy": run["clip_accuracy"],
+           "clip_accuracy_restated": acc(vote(every, recorded_clip(every_rows, clip_actor))), "alphas": {}}
+    rng = np.random.default_rng(fi)
+    bar = tqdm(total=len(alphas) * draws, desc=f"fold {fi} one-sided speakers", disable=not progress)
+    for alpha in alphas:
+        got = []
+        for _ in range(draws):
+            kept = tested[skewed_subset(actor, y, alpha, rng, p.num_classes)]
+            mine = np.isin(clip_of_row, kept)
+            k_probs, k_rows = kept_stats_probs(run["model"], run["standardizer"], prep, r, kept, trunk, p)
+            k_clip = recorded_clip(k_rows, clip_actor)
+            _, c_vote, _ = actor_centred(k_probs, k_clip, clip_actor)
+            got.append({"clips_per_actor": len(kept) / len(np.unique(actor)),
+                        "all_clip_stats": acc(vote(probs[mine], clip_of_row[mine])),
+                        "kept_clip_stats": acc(vote(k_probs, k_clip)),
+                        "kept_clip_stats_centred": float(np.mean(c_vote == labels[np.unique(k_clip)]))})
+            bar.update()
+        out["alphas"][f"{alpha:g}"] = {k: float(np.mean([g[k] for g in got])) for k in got[0]}
+    bar.close()
+    out["minutes"] = (time.time() - t0) / 60
+    return out
+
+
+def summarise(folds: list[dict], r: SpeechRecipe, draws: int, command: str) -> dict:
+    alphas = list(folds[0]["alphas"])
+    return {"recipe": asdict(r), "draws_per_fold": draws,
+            "folds": folds,
+            "mean_clip_accuracy": float(np.mean([f["clip_accuracy"] for f in folds])),
+            "mean_clip_accuracy_restated": float(np.mean([f["clip_accuracy_restated"] for f in folds])),
+            "alphas": {a: {k: float(np.mean([f["alphas"][a][k] for f in folds])) for k in folds[0]["alphas"][a]}
+                       for a in alphas},
+            "minutes": float(sum(f["minutes"] for f in folds)), "command": command}
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    alphas = list(res["alphas"])
+    xs = np.arange(len(alphas))
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for key, text in COLUMNS.items():
+        ax.plot(xs, [100 * res["alphas"][a][key] for a in alphas], marker="o", label=text)
+    ax.axhline(72.22, color="grey", ls=":", lw=1, label="paper (72.22%, all clips)")
+    ax.set_xticks(xs, [f"{a}\n({res['alphas'][a]['clips_per_actor']:.0f} clips/actor)" for a in alphas])
+    ax.set_xlabel("Dirichlet alpha of each test speaker's emotion mix (smaller: more one-sided)")
+    ax.set_ylabel("clip accuracy, %")
+    ax.set_title("Speech: per-speaker statistics from one-sided speakers", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def markdown(res: dict) -> str:
+    al = res["alphas"]
+    most = min(al, key=float)
+    lines = ["# Speech: do the per-speaker statistics presume balanced speakers?", "",
+             f"Generated by `{res['command']}` ({res['minutes']:.0f} min on 2 cores). The recipe removes each "
+             "speaker's log-mel mean and standardises activation_3 per speaker, over all of that speaker's clips; "
+             "in RAVDESS every actor speaks every emotion. Each draw keeps a one-sided subset of each test actor's "
+             "clips (an emotion mix from a Dirichlet(alpha), its most frequent emotion kept whole) and votes it "
+             f"with the recipe's models (seed 0, retrained; {res['draws_per_fold']} draws per alpha and fold).", "",
+             f"The retrained models score {100 * res['mean_clip_accuracy']:.2f}% on all test clips (speech_cv.json's "
+             f"runs of the same seed); recomputing every statistic here from the kept clips with all clips kept "
+             f"gives {100 * res['mean_clip_accuracy_restated']:.2f}%.", "",
+             "| alpha | clips per actor | " + " | ".join(COLUMNS.values()) + " |",
+             "|---|---|" + "---|" * len(COLUMNS)]
+    lines += [f"| {a} | {row['clips_per_actor']:.0f} | " + " | ".join(f"{100 * row[k]:.2f}%" for k in COLUMNS)
+              + " |" for a, row in al.items()]
+    m = al[most]
+    lines += ["", f"![one-sided speakers]({REPORT}.png)", "",
+              f"At alpha {most} ({m['clips_per_actor']:.0f} clips per actor), statistics from the kept clips alone "
+              f"change the vote by {100 * (m['kept_clip_stats'] - m['all_clip_stats']):+.2f} points against "
+              "statistics over all clips, and removing the speaker prior on top of them by "
+              f"{100 * (m['kept_clip_stats_centred'] - m['kept_clip_stats']):+.2f} points.", ""]
+    return "\n".join(lines)
+
+
+def write(res: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{REPORT}.json").write_text(json.dumps(res, indent=2))
+    plot(res, out / f"{REPORT}.png")
+    (out / f"{REPORT}.md").write_text(markdown(res))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from training.paths import cache_dir, ravdess_speech_dir, reports_dir, yamnet_weights
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(ravdess_speech_dir()), help="RAVDESS speech folder (default: %(default)s)")
+    ap.add_argument("--yamnet", default=yamnet_weights(), help="YAMNet weights (default: %(default)s)")
+    ap.add_argument("--folds", default="0,1,2,3", help="test folds (default: %(default)s)")
+    ap.add_argument("--alphas", default=",".join(f"{a:g}" for a in SKEW_ALPHAS),
+                    help="Dirichlet concentrations of the speakers' emotion mixes (default: %(default)s)")
+    ap.add_argument("--draws", type=int, default=8, help="one-sided subsets per alpha and fold (default: %(default)s)")
+    ap.add_argument("--out", default=str(reports_dir()), help="reports folder (default: %(default)s)")
+    ap.add_argument("--render", action="store_true", help="only re-render the .md and .png from the json")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    out = Path(args.out)
+    if args.render:
+        res = json.loads((out / f"{REPORT}.json").read_text())
+        write(res, out)
+        return 0
+    from training.speech_cv import _load_checkpoint, _save_checkpoint, checkpoint_file, prepare
+    from training.yamnet import build_trunk, load_weights
+    p, r = Params(), SpeechRecipe()
+    alphas = tuple(float(a) for a in args.alphas.split(","))
+    cache = cache_dir()
+    prep = prepare(args.data, args.yamnet, r, p, cache, not args.quiet, keep_mels=True)
+    trunk = build_trunk(load_weights(args.yamnet), frames=r.patch_frames)
+    kind = f"{REPORT}_{args.draws}_{'_'.join(f'{a:g}' for a in alphas)}"
+    folds = []
+    for fi in (int(f) for f in args.folds.split(",")):
+        f = checkpoint_file(cache / "speech_cv_folds", prep, r, p, kind, fi)
+        done = _load_checkpoint(f)
+        if done is None:
+            done = fold_table(prep, r, fi, trunk, alphas, args.draws, p, not args.quiet)
+            _save_checkpoint(f, done)
+        log.info("fold %d: %s", fi, json.dumps(done["alphas"]))
+        folds.append(done)
+    write(summarise(folds, r, args.draws, "python -m training.speaker_skew " + " ".join(sys.argv[1:] if argv is None
+                                                                                      else argv)), out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
