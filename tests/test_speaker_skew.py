@@ -58,7 +58,9 @@ def _prep(r: SpeechRecipe, p: Params):
     versions = 1 + len(r.copies())
     clip_actor = np.concatenate([real + PSEUDO_SPEAKER * k for k in range(versions)])
     labels = np.tile(np.arange(n) % 8, versions)
-    raw = [rng.normal(0, 1, (int(rng.integers(100, 160)), 64)).astype(np.float32) + a for a in clip_actor]
+    # each actor's clips sit at different levels: a subset's mean is not the actor's
+    raw = [rng.normal(0, 1, (int(rng.integers(100, 160)), 64)).astype(np.float32) + a % PSEUDO_SPEAKER
+           + (0.7 + np.linspace(-1, 1, 64, dtype=np.float32)) * (i % 4) for i, a in enumerate(clip_actor)]
     mels = normalize_log_mel(raw, clip_actor, "actor")
     trunk = FakeTrunk()
     n_train = n * r.n_training_versions()
@@ -68,14 +70,15 @@ def _prep(r: SpeechRecipe, p: Params):
 
 
 @pytest.mark.parametrize("recipe", [SpeechRecipe(speed_perturb=(), test_speeds=()),
-                                    SpeechRecipe(speed_perturb=(0.9,), test_speeds=(0.9, 1.2))])
+                                    SpeechRecipe(speed_perturb=(0.9,), test_speeds=(0.9, 1.2)),
+                                    SpeechRecipe(feature_norm="global", speed_perturb=(), test_speeds=())])
 def test_kept_clip_statistics_with_every_clip_kept_are_the_recipes_own(recipe):
     p = Params()
     prep, trunk = _prep(recipe, p)
     clip_actor = prep["clip_actor"]
     n_train = 12 * recipe.n_training_versions()
     fit = np.flatnonzero((clip_actor % PSEUDO_SPEAKER != 3) & (np.arange(len(clip_actor)) < n_train))
-    std = Standardizer.fit(prep["train_ps"], clip_actor, fit, "actor", prep["test_ps"])
+    std = Standardizer.fit(prep["train_ps"], clip_actor, fit, recipe.feature_norm, prep["test_ps"])
     tested = np.flatnonzero(clip_actor == 3)                            # actor 3's recorded clips
     eval_clips = with_test_copies(tested, clip_actor, recipe)
     want = clip_accuracy(FakeHead(), prep["test_ps"], eval_clips, prep["labels"], std, clip_actor)[4]
@@ -101,3 +104,24 @@ def test_the_report_names_the_change_at_the_most_one_sided_mix(tmp_path):
     assert "At alpha 0.3 (16 clips per actor)" in md and "by -7.00 points" in md and "by -6.00 points" in md
     plot(res, tmp_path / "s.png")
     assert (tmp_path / "s.png").stat().st_size > 1000
+
+
+def test_the_shipped_recipes_figures_get_their_own_section(tmp_path):
+    def fold(kept):
+        return {"test_actors": [1], "clip_accuracy": 0.60, "clip_accuracy_restated": 0.60, "minutes": 2.0,
+                "alphas": {"0.3": {"clips_per_actor": 16.0, "all_clip_stats": 0.6, "kept_clip_stats": kept,
+                                   "kept_clip_stats_centred": 0.5}}}
+    res = summarise([fold(0.61)], SpeechRecipe(), 8, "python -m training.speaker_skew")
+    assert "shipped recipe" not in markdown(res)
+    res["ship"] = summarise([fold(0.55)], SpeechRecipe(feature_norm="global"), 8,
+                            "python -m training.speaker_skew --recipe ship")
+    md = markdown(res)
+    assert "## The shipped recipe" in md and "`python -m training.speaker_skew --recipe ship`" in md
+    assert md.count("| 0.3 | 16 | 60.00% |") == 2 and "by -5.00 points" in md and "by +1.00 points" in md
+    plot(res, tmp_path / "s.png")
+
+
+def test_a_recipe_without_per_speaker_log_mel_statistics_is_refused():
+    from training.speaker_skew import fold_table
+    with pytest.raises(ValueError, match="logmel_norm='clip'"):
+        fold_table({}, SpeechRecipe(logmel_norm="clip"), 0, None, (1.0,), 1)

@@ -40,10 +40,12 @@ def _speaker_balance(sk: dict | None) -> list[str]:
     """What speaker normalisation costs when a speaker's speech stays in a few emotions (speaker_skew.json)."""
     if not sk:
         return []
+    which = "the shipped recipe" if "ship" in sk else "research recipe"
+    sk = sk.get("ship", sk)
     most = min(sk["alphas"], key=float)
     m = sk["alphas"][most]
     return [f"- Speaker normalisation presumes that what it has heard of a speaker covers the emotions. In the speech "
-            f"branch's CV (research recipe), statistics from one-sided speakers' clips alone "
+            f"branch's CV ({which}), statistics from one-sided speakers' clips alone "
             f"({m['clips_per_actor']:.0f} clips a speaker, emotion mixes from a Dirichlet({most})) give "
             f"{pct(m['kept_clip_stats'])} against {pct(m['all_clip_stats'])} with statistics of all their clips "
             "(reports/speaker_skew.md). The device's running log-mel mean (`SpeakerNorm`, about the last 30 s of "

@@ -11,8 +11,12 @@ headline recipe's models (seed 0, retrained: training is deterministic) three wa
 - ``kept_clip_stats``: statistics over the kept clips alone, what a device listening to that speaker would have;
 - ``kept_clip_stats_centred``: the latter with the speaker prior removed (:func:`training.speech.actor_centred`).
 
-    python -m training.speaker_skew                 # -> reports/speaker_skew.json, .md, .png (about 35 min)
+    python -m training.speaker_skew                 # -> reports/speaker_skew.json, .md, .png (about 30 min)
+    python -m training.speaker_skew --recipe ship   # the shipped speech recipe, under "ship" in the same json
     python -m training.speaker_skew --render        # re-render the .md and .png from the json
+
+The shipped recipe (``training.ship.SHIP_RECIPE``) standardises activation_3 with fixed training statistics,
+as the device does; only its log-mel mean is per speaker, so only that is recomputed from the kept clips.
 
 Finished folds are kept beside the speech CV's fold checkpoints, so an interrupted run resumes.
 """
@@ -82,6 +86,9 @@ def kept_stats_probs(model, std: Standardizer, prep: dict, r: SpeechRecipe, kept
     trains = eval_clips // n_real < r.n_training_versions()
     mels = renormalised(prep["mels"], eval_clips, clip_actor)
     test_ps = _patches(trunk, mels, eval_clips, r.test_hop_frames, p, r)
+    if r.feature_norm == "global":             # fixed training statistics: nothing per speaker to recompute
+        *_, probs = clip_accuracy(model, test_ps, eval_clips, prep["labels"], std, clip_actor)
+        return probs, test_ps.clip[test_ps.of_clips(eval_clips)]
     fit_ps = _patches(trunk, mels, eval_clips[trains], r.train_hop_frames, p, r)
     stats = Standardizer(mean={"global": std.mean["global"]}, std={"global": std.std["global"]})
     for a in np.unique(clip_actor[eval_clips]):
@@ -95,9 +102,9 @@ def fold_table(prep: dict, r: SpeechRecipe, fi: int, trunk, alphas: tuple[float,
                p: Params = Params(), progress: bool = True) -> dict:
     """One test fold: the recipe's model (first seed), then ``draws`` one-sided subsets per alpha."""
     from tqdm import tqdm
-    if r.logmel_norm != "actor" or r.feature_norm != "actor":
-        raise ValueError(f"speaker_skew measures per-actor statistics; the recipe has logmel_norm="
-                         f"{r.logmel_norm!r}, feature_norm={r.feature_norm!r}")
+    if r.logmel_norm != "actor" or r.feature_norm not in ("actor", "global"):
+        raise ValueError(f"speaker_skew measures a per-actor log-mel mean (and per-actor or fixed feature "
+                         f"statistics); the recipe has logmel_norm={r.logmel_norm!r}, feature_norm={r.feature_norm!r}")
     t0 = time.time()
     labels, clip_actor = prep["labels"], prep["clip_actor"]
     run = train_fold(prep["train_ps"], prep["test_ps"], labels, clip_actor, list(p.folds[fi]), r, p,
@@ -151,23 +158,39 @@ def plot(res: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     alphas = list(res["alphas"])
     xs = np.arange(len(alphas))
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    fig, ax = plt.subplots(figsize=(7.0, 5.4))
     for key, text in COLUMNS.items():
-        ax.plot(xs, [100 * res["alphas"][a][key] for a in alphas], marker="o", label=text)
+        line, = ax.plot(xs, [100 * res["alphas"][a][key] for a in alphas], marker="o", label=text)
+        if "ship" in res and key != "kept_clip_stats_centred":
+            ax.plot(xs, [100 * res["ship"]["alphas"][a][key] for a in alphas], marker="s", ls="--",
+                    color=line.get_color(), label=f"shipped recipe: {text.split(' (')[0]}")
     ax.axhline(72.22, color="grey", ls=":", lw=1, label="paper (72.22%, all clips)")
     ax.set_xticks(xs, [f"{a}\n({res['alphas'][a]['clips_per_actor']:.0f} clips/actor)" for a in alphas])
     ax.set_xlabel("Dirichlet alpha of each test speaker's emotion mix (smaller: more one-sided)")
     ax.set_ylabel("clip accuracy, %")
     ax.set_title("Speech: per-speaker statistics from one-sided speakers", fontsize=10)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
+def _table(res: dict) -> list[str]:
+    return (["| alpha | clips per actor | " + " | ".join(COLUMNS.values()) + " |", "|---|---|" + "---|" * len(COLUMNS)]
+            + [f"| {a} | {row['clips_per_actor']:.0f} | " + " | ".join(f"{100 * row[k]:.2f}%" for k in COLUMNS)
+               + " |" for a, row in res["alphas"].items()])
+
+
+def _change(res: dict) -> str:
+    most = min(res["alphas"], key=float)
+    m = res["alphas"][most]
+    return (f"At alpha {most} ({m['clips_per_actor']:.0f} clips per actor), statistics from the kept clips alone "
+            f"change the vote by {100 * (m['kept_clip_stats'] - m['all_clip_stats']):+.2f} points against "
+            "statistics over all clips, and removing the speaker prior on top of them by "
+            f"{100 * (m['kept_clip_stats_centred'] - m['kept_clip_stats']):+.2f} points.")
+
+
 def markdown(res: dict) -> str:
-    al = res["alphas"]
-    most = min(al, key=float)
     lines = ["# Speech: do the per-speaker statistics presume balanced speakers?", "",
              f"Generated by `{res['command']}` ({res['minutes']:.0f} min on 2 cores). The recipe removes each "
              "speaker's log-mel mean and standardises activation_3 per speaker, over all of that speaker's clips; "
@@ -176,17 +199,16 @@ def markdown(res: dict) -> str:
              f"with the recipe's models (seed 0, retrained; {res['draws_per_fold']} draws per alpha and fold).", "",
              f"The retrained models score {100 * res['mean_clip_accuracy']:.2f}% on all test clips (speech_cv.json's "
              f"runs of the same seed); recomputing every statistic here from the kept clips with all clips kept "
-             f"gives {100 * res['mean_clip_accuracy_restated']:.2f}%.", "",
-             "| alpha | clips per actor | " + " | ".join(COLUMNS.values()) + " |",
-             "|---|---|" + "---|" * len(COLUMNS)]
-    lines += [f"| {a} | {row['clips_per_actor']:.0f} | " + " | ".join(f"{100 * row[k]:.2f}%" for k in COLUMNS)
-              + " |" for a, row in al.items()]
-    m = al[most]
-    lines += ["", f"![one-sided speakers]({REPORT}.png)", "",
-              f"At alpha {most} ({m['clips_per_actor']:.0f} clips per actor), statistics from the kept clips alone "
-              f"change the vote by {100 * (m['kept_clip_stats'] - m['all_clip_stats']):+.2f} points against "
-              "statistics over all clips, and removing the speaker prior on top of them by "
-              f"{100 * (m['kept_clip_stats_centred'] - m['kept_clip_stats']):+.2f} points.", ""]
+             f"gives {100 * res['mean_clip_accuracy_restated']:.2f}%.", "", *_table(res), "",
+             f"![one-sided speakers]({REPORT}.png)", "", _change(res), ""]
+    sh = res.get("ship")
+    if sh:
+        lines += ["## The shipped recipe (the device's normalisation)", "",
+                  f"Generated by `{sh['command']}` ({sh['minutes']:.0f} min). `SHIP_RECIPE` standardises "
+                  "activation_3 with fixed training statistics, as the device does; only the log-mel mean is per "
+                  "speaker (on the device: `SpeakerNorm`'s running mean), so only that comes from the kept clips. "
+                  f"Its models score {100 * sh['mean_clip_accuracy']:.2f}% on all test clips "
+                  f"({100 * sh['mean_clip_accuracy_restated']:.2f}% restated).", "", *_table(sh), "", _change(sh), ""]
     return "\n".join(lines)
 
 
@@ -208,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="Dirichlet concentrations of the speakers' emotion mixes (default: %(default)s)")
     ap.add_argument("--draws", type=int, default=8, help="one-sided subsets per alpha and fold (default: %(default)s)")
     ap.add_argument("--out", default=str(reports_dir()), help="reports folder (default: %(default)s)")
+    ap.add_argument("--recipe", choices=("research", "ship"), default="research",
+                    help="the speech CV's recipe, or the shipped one (SHIP_RECIPE; kept under 'ship' in the json)")
     ap.add_argument("--render", action="store_true", help="only re-render the .md and .png from the json")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
@@ -217,9 +241,10 @@ def main(argv: list[str] | None = None) -> int:
         res = json.loads((out / f"{REPORT}.json").read_text())
         write(res, out)
         return 0
+    from training.ship import SHIP_RECIPE
     from training.speech_cv import _load_checkpoint, _save_checkpoint, checkpoint_file, prepare
     from training.yamnet import build_trunk, load_weights
-    p, r = Params(), SpeechRecipe()
+    p, r = Params(), (SHIP_RECIPE if args.recipe == "ship" else SpeechRecipe())
     alphas = tuple(float(a) for a in args.alphas.split(","))
     cache = cache_dir()
     prep = prepare(args.data, args.yamnet, r, p, cache, not args.quiet, keep_mels=True)
@@ -234,8 +259,16 @@ def main(argv: list[str] | None = None) -> int:
             _save_checkpoint(f, done)
         log.info("fold %d: %s", fi, json.dumps(done["alphas"]))
         folds.append(done)
-    write(summarise(folds, r, args.draws, "python -m training.speaker_skew " + " ".join(sys.argv[1:] if argv is None
-                                                                                      else argv)), out)
+    res = summarise(folds, r, args.draws, "python -m training.speaker_skew " + " ".join(sys.argv[1:] if argv is None
+                                                                                      else argv))
+    have = out / f"{REPORT}.json"
+    if args.recipe == "ship":                  # beside the research recipe's figures, which stay on top
+        if not have.is_file():
+            raise SystemExit(f"{have}: run the research recipe first (python -m training.speaker_skew)")
+        res = {**json.loads(have.read_text()), "ship": res}
+    elif have.is_file() and "ship" in json.loads(have.read_text()):
+        res["ship"] = json.loads(have.read_text())["ship"]
+    write(res, out)
     return 0
 
 
