@@ -45,6 +45,9 @@ class LoopConfig:
     speech_gate_db: float = -25.0        # a patch is speech if its loudest frames reach peak + this
     speech_peak_decay_db_s: float = 3.0  # the running peak level falls this fast (dB/s)
     speech_min_fraction: float = 0.25    # ... and this fraction of its frames is above the gate
+    speaker_prior_s: float = 1.0         # seconds of speech the training population's mean log-mel is worth in
+    #                                      the speaker's running mean (SpeakerNorm); larger: steadier for a speaker
+    #                                      who stays in one emotion, slower to adapt to a new voice
 
 
 @dataclass
@@ -71,7 +74,7 @@ class EmotionLoop:
         self.extractor = extractor
         self.keys = KeyFaceStream(p.key_face_radius)
         self.key_faces: deque[tuple[float, np.ndarray]] = deque()
-        self.norm = SpeakerNorm(model.prior_mean)
+        self.norm = SpeakerNorm(model.prior_mean, prior_frames=cfg.speaker_prior_s / p.stft_hop_seconds)
         n = int(cfg.audio_buffer_s * p.sample_rate)
         self._audio = np.zeros(max(n, 2 * p.patch_samples), np.float32)   # ring of samples
         self._written = 0                                                 # samples ever written

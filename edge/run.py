@@ -14,7 +14,7 @@ while the loop makes progress. SIGTERM stops it cleanly. TensorFlow is never imp
 audio never touch the disk.
 
 Config file (TOML; command-line flags override it): top-level model, threads, delegate,
-detect_every, decision_window; [source] camera | picamera | video, mic, realtime, no_audio, no_video;
+detect_every, decision_window, speaker_prior; [source] camera | picamera | video, mic, realtime, no_audio, no_video;
 [output] jsonl, http; [output.mqtt] host, port, topic.
 """
 from __future__ import annotations
@@ -45,11 +45,12 @@ def load_config(path: str | None) -> dict:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise SystemExit(f"edge-run: error: config file {f} is not valid TOML: {e}") from None
     out: dict = {}
-    known_top = {"model", "threads", "delegate", "detect_every", "decision_window", "source", "output", "log_level"}
+    known_top = {"model", "threads", "delegate", "detect_every", "decision_window", "speaker_prior", "source", "output",
+                 "log_level"}
     unknown = set(cfg) - known_top
     if unknown:
         raise SystemExit(f"edge-run: error: config file {f}: unknown keys {sorted(unknown)}")
-    for k in ("model", "threads", "delegate", "detect_every", "decision_window", "log_level"):
+    for k in ("model", "threads", "delegate", "detect_every", "decision_window", "speaker_prior", "log_level"):
         if k in cfg:
             out[k] = cfg[k]
     src = cfg.get("source", {})
@@ -90,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "without libedgetpu edge-run exits with code 2 before READY (no silent CPU fallback)")
     m.add_argument("--detect-every", type=int, help="full face detection every N frames, tracking between (default 5)")
     m.add_argument("--decision-window", type=float, help="seconds of votes per decision (default 3.0)")
+    m.add_argument("--speaker-prior", type=float,
+                   help="seconds of speech the training population's mean log-mel is worth in the speaker "
+                        "normalisation (default 1.0). Larger is steadier for a speaker who stays in one emotion and "
+                        "slower to adapt to a new voice (reports/speaker_skew.md measured 1 to 100 s)")
     o = ap.add_argument_group("outputs")
     o.add_argument("--jsonl", help="JSON lines to this file, '-' for stdout (default '-')")
     o.add_argument("--http", help="serve the kiosk page on HOST:PORT (e.g. 127.0.0.1:8080)")
@@ -131,7 +136,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     if args.list_devices:
         print("\n".join(list_devices()))
         raise SystemExit(0)
-    defaults = {"threads": 1, "detect_every": 5, "decision_window": 3.0, "jsonl": "-",
+    defaults = {"threads": 1, "detect_every": 5, "decision_window": 3.0, "speaker_prior": 1.0, "jsonl": "-",
                 "mqtt_topic": "av-emotion-edge", "log_level": "INFO"}
     for k, v in {**defaults, **load_config(args.config)}.items():
         if getattr(args, k, None) is None:
@@ -147,6 +152,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
         ap.error("--camera and --picamera are exclusive")
     if args.threads < 1 or args.detect_every < 1 or args.decision_window <= 0:
         ap.error("--threads and --detect-every must be >= 1, --decision-window > 0")
+    if not 0 <= args.speaker_prior < float("inf"):
+        ap.error(f"--speaker-prior must be a number of seconds >= 0, got {args.speaker_prior}")
     return args
 
 
@@ -182,7 +189,8 @@ class Runner:
         a = self.args
         self.model = EmotionModel(a.model, threads=a.threads, delegate=a.delegate)
         self.loop = EmotionLoop(self.model, cfg=LoopConfig(detect_every=a.detect_every,
-                                                           decision_window_s=a.decision_window))
+                                                           decision_window_s=a.decision_window,
+                                                           speaker_prior_s=a.speaker_prior))
         from edge.outputs.jsonl import JsonlWriter
         if a.jsonl:
             self.sinks.append(JsonlWriter(a.jsonl))

@@ -313,3 +313,20 @@ def test_realtime_video_drops_late_frames_and_counts_them(clip):
         else:
             n_audio += 1
     assert src.dropped > 10 and n_video + src.dropped > 50 and n_audio > 0
+
+
+def test_speaker_prior_from_flag_or_config_sets_the_loops_speaker_normalisation(tmp_path):
+    from edge.loop import EmotionLoop, LoopConfig
+    from edge.model import EmotionModel
+    from edge.run import parse
+    assert parse(["--video", "x.mp4"]).speaker_prior == 1.0
+    cfg = tmp_path / "edge-run.toml"
+    cfg.write_text('speaker_prior = 30.0\n[source]\nvideo = "x.mp4"\n')
+    assert parse(["--config", str(cfg)]).speaker_prior == 30.0
+    assert parse(["--config", str(cfg), "--speaker-prior", "5"]).speaker_prior == 5.0
+    for bad in ("-1", "inf", "nan"):
+        with pytest.raises(SystemExit):
+            parse(["--video", "x.mp4", "--speaker-prior", bad])
+    loop = EmotionLoop(EmotionModel(), cfg=LoopConfig(speaker_prior_s=30.0), extractor=object())
+    assert loop.norm.prior_frames == pytest.approx(3000.0)              # 10 ms log-mel frames
+    assert EmotionLoop(EmotionModel(), extractor=object()).norm.prior_frames == pytest.approx(100.0)

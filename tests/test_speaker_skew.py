@@ -125,3 +125,41 @@ def test_a_recipe_without_per_speaker_log_mel_statistics_is_refused():
     from training.speaker_skew import fold_table
     with pytest.raises(ValueError, match="logmel_norm='clip'"):
         fold_table({}, SpeechRecipe(logmel_norm="clip"), 0, None, (1.0,), 1)
+
+
+def test_a_population_prior_shrinks_the_kept_clips_mean_as_the_device_does():
+    from types import SimpleNamespace
+
+    from edge.audio.norm import SpeakerNorm
+    from training.speaker_skew import population_prior
+    rng = np.random.default_rng(5)
+    raw = [rng.normal(a, 1, (int(rng.integers(40, 80)), 64)) for a in (1, 1, 1, 2, 2, 2, 3, 3, 3)]
+    actor = np.repeat([1, 2, 3], 3)
+    prep = {"feats": [SimpleNamespace(log_mel=m) for m in raw], "mels": normalize_log_mel(raw, actor, "actor"),
+            "clip_actor": actor}
+    prior = population_prior(prep, [3])
+    pop = np.concatenate(raw[:6]).mean(0)                               # the other actors' frames
+    kept = np.array([6, 8])
+    got = renormalised(prep["mels"], kept, actor, 500.0, prior)
+    norm = SpeakerNorm(pop, prior_frames=500.0, max_frames=1e9)         # the device's running mean, fed the kept clips
+    for i in kept:
+        norm.update(raw[i])
+    for i in kept:
+        np.testing.assert_allclose(got[int(i)], raw[i] - norm.mean, atol=1e-9)
+    with pytest.raises(ValueError, match="without speed or pitch copies"):
+        population_prior({**prep, "mels": prep["mels"] + prep["mels"]}, [3])
+
+
+def test_population_prior_columns_and_their_note():
+    row = {"clips_per_actor": 16.0, "all_clip_stats": 0.57, "kept_clip_stats": 0.51, "kept_clip_stats_centred": 0.44,
+           "kept_clip_stats_prior_100": 0.512, "kept_clip_stats_prior_3000": 0.534}
+    even = {**row, "clips_per_actor": 36.0, "kept_clip_stats": 0.566, "kept_clip_stats_prior_100": 0.566,
+            "kept_clip_stats_prior_3000": 0.5657}
+    res = {"alphas": {"5": even, "0.3": row}}
+    from training.speaker_skew import _prior_note, _table
+    table = _table(res)
+    assert table[0].endswith("population prior of 100 frames | kept clips, log-mel mean with a population prior of "
+                             "3000 frames |")
+    assert table[-1] == "| 0.3 | 16 | 57.00% | 51.00% | 44.00% | 51.20% | 53.40% |"
+    note = _prior_note(res)[0]
+    assert "at alpha 0.3 / alpha 5: 100 frames +0.20 / +0.00; 3000 frames +2.40 / -0.03 points" in note

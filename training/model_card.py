@@ -49,7 +49,22 @@ def _speaker_balance(sk: dict | None) -> list[str]:
             f"({m['clips_per_actor']:.0f} clips a speaker, emotion mixes from a Dirichlet({most})) give "
             f"{pct(m['kept_clip_stats'])} against {pct(m['all_clip_stats'])} with statistics of all their clips "
             "(reports/speaker_skew.md). The device's running log-mel mean (`SpeakerNorm`, about the last 30 s of "
-            "speech) is such a statistic: expect a speaker who stays in one emotion to be read less well."]
+            "speech) is such a statistic: expect a speaker who stays in one emotion to be read less well."
+            + _prior_knob(sk, most)]
+
+
+def _prior_knob(sk: dict, most: str) -> str:
+    """The population prior that did best on the most one-sided speakers, and what it cost the least one-sided."""
+    least = max(sk["alphas"], key=float)
+    m, e = sk["alphas"][most], sk["alphas"][least]
+    keys = [k for k in m if k.startswith("kept_clip_stats_prior_")]
+    if not keys:
+        return ""
+    k = max(keys, key=lambda k: m[k])
+    sec = float(k.rsplit("_", 1)[1]) / 100
+    return (f" A population prior worth {sec:g} s of speech (`edge-run --speaker-prior {sec:g}`; default 1 s) changed "
+            f"that by {100 * (m[k] - m['kept_clip_stats']):+.2f} points, and the {pct(e['kept_clip_stats'])} of "
+            f"nearly even speakers (Dirichlet({least})) by {100 * (e[k] - e['kept_clip_stats']):+.2f}.")
 
 
 def render() -> str:

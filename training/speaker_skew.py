@@ -58,16 +58,34 @@ COLUMNS = {"all_clip_stats": "statistics over all the actor's clips (the CV's fi
            "kept_clip_stats_centred": "kept-clip statistics, speaker prior removed"}
 
 
-def renormalised(mels: list[np.ndarray], clips: np.ndarray, clip_actor: np.ndarray) -> dict[int, np.ndarray]:
+def renormalised(mels: list[np.ndarray], clips: np.ndarray, clip_actor: np.ndarray, prior_frames: float = 0.0,
+                 prior: dict[int, np.ndarray] | None = None) -> dict[int, np.ndarray]:
     """The log-mels of ``clips``, each speaker's mean over these clips alone removed. ``mels`` arrive with the
     mean over all of the speaker's frames removed; removing their mean over a subset again is the same as
-    normalising the raw log-mels on that subset."""
+    normalising the raw log-mels on that subset. With ``prior_frames`` the mean is shrunk towards ``prior[a]``
+    (the population mean, in the same coordinates) as the device's ``SpeakerNorm`` does:
+    (prior_frames * prior + sum of frames) / (prior_frames + n_frames)."""
     out = {}
     for a in np.unique(clip_actor[clips]):
         mine = clips[clip_actor[clips] == a]
-        mu = np.concatenate([mels[i] for i in mine]).mean(axis=0, keepdims=True)
+        frames = np.concatenate([mels[i] for i in mine])
+        mu = frames.mean(axis=0, keepdims=True)
+        if prior_frames:
+            mu = (prior_frames * prior[int(a)] + len(frames) * mu) / (prior_frames + len(frames))
         out.update({int(i): mels[i] - mu for i in mine})
     return out
+
+
+def population_prior(prep: dict, test_actors: list[int]) -> dict[int, np.ndarray]:
+    """Each test actor's population prior in its normalised coordinates: the mean raw log-mel frame of the
+    other actors (what the release's manifest holds, from its training actors) minus the actor's own mean.
+    Only for recipes whose log-mels are the recorded clips' (no speed or pitch copies)."""
+    feats, actor = prep["feats"], prep["clip_actor"]
+    if len(prep["mels"]) != len(feats):
+        raise ValueError("a population prior needs a recipe without speed or pitch copies")
+    raw = {int(a): np.concatenate([feats[i].log_mel for i in np.flatnonzero(actor == a)]) for a in np.unique(actor)}
+    pop = np.concatenate([m for a, m in raw.items() if a not in test_actors]).mean(axis=0, keepdims=True)
+    return {a: pop - raw[a].mean(axis=0, keepdims=True) for a in test_actors}
 
 
 def _patches(trunk, mels: dict[int, np.ndarray], clips: np.ndarray, hop: int, p: Params, r: SpeechRecipe
@@ -77,14 +95,16 @@ def _patches(trunk, mels: dict[int, np.ndarray], clips: np.ndarray, hop: int, p:
 
 
 def kept_stats_probs(model, std: Standardizer, prep: dict, r: SpeechRecipe, kept: np.ndarray, trunk,
-                     p: Params = Params()) -> tuple[np.ndarray, np.ndarray]:
+                     p: Params = Params(), prior_frames: float = 0.0, prior: dict | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """Patch probabilities of the ``kept`` recorded clips and their test copies, every speaker (each copy is its
     own) normalised with statistics of its kept clips alone, on the patches the recipe takes them from: training
-    hop for the versions that train, test hop for test-only copies. Returns (probs, the clip of each row)."""
+    hop for the versions that train, test hop for test-only copies (``prior_frames``, ``prior``: the log-mel mean
+    shrunk towards a population prior, see :func:`renormalised`). Returns (probs, the clip of each row)."""
     clip_actor, n_real = prep["clip_actor"], n_recorded(prep["clip_actor"])
     eval_clips = with_test_copies(kept, clip_actor, r)
     trains = eval_clips // n_real < r.n_training_versions()
-    mels = renormalised(prep["mels"], eval_clips, clip_actor)
+    mels = renormalised(prep["mels"], eval_clips, clip_actor, prior_frames, prior)
     test_ps = _patches(trunk, mels, eval_clips, r.test_hop_frames, p, r)
     if r.feature_norm == "global":             # fixed training statistics: nothing per speaker to recompute
         *_, probs = clip_accuracy(model, test_ps, eval_clips, prep["labels"], std, clip_actor)
@@ -99,8 +119,10 @@ def kept_stats_probs(model, std: Standardizer, prep: dict, r: SpeechRecipe, kept
 
 
 def fold_table(prep: dict, r: SpeechRecipe, fi: int, trunk, alphas: tuple[float, ...], draws: int,
-               p: Params = Params(), progress: bool = True) -> dict:
-    """One test fold: the recipe's model (first seed), then ``draws`` one-sided subsets per alpha."""
+               p: Params = Params(), progress: bool = True, priors: tuple[float, ...] = ()) -> dict:
+    """One test fold: the recipe's model (first seed), then ``draws`` one-sided subsets per alpha. ``priors``:
+    also vote each subset with the log-mel mean shrunk towards the population's, a prior worth that many frames
+    (the device's ``SpeakerNorm``); recipes with fixed feature statistics and no copies only."""
     from tqdm import tqdm
     if r.logmel_norm != "actor" or r.feature_norm not in ("actor", "global"):
         raise ValueError(f"speaker_skew measures a per-actor log-mel mean (and per-actor or fixed feature "
@@ -120,6 +142,9 @@ def fold_table(prep: dict, r: SpeechRecipe, fi: int, trunk, alphas: tuple[float,
     every, every_rows = kept_stats_probs(run["model"], run["standardizer"], prep, r, tested, trunk, p)
     out = {"test_actors": list(p.folds[fi]), "clip_accuracy": run["clip_accuracy"],
            "clip_accuracy_restated": acc(vote(every, recorded_clip(every_rows, clip_actor))), "alphas": {}}
+    if priors and (r.feature_norm != "global" or r.copies()):
+        raise ValueError("--priors needs a recipe with fixed feature statistics and no speed copies (--recipe ship)")
+    prior = population_prior(prep, list(p.folds[fi])) if priors else None
     rng = np.random.default_rng(fi)
     bar = tqdm(total=len(alphas) * draws, desc=f"fold {fi} one-sided speakers", disable=not progress)
     for alpha in alphas:
@@ -134,6 +159,10 @@ def fold_table(prep: dict, r: SpeechRecipe, fi: int, trunk, alphas: tuple[float,
                         "all_clip_stats": acc(vote(probs[mine], clip_of_row[mine])),
                         "kept_clip_stats": acc(vote(k_probs, k_clip)),
                         "kept_clip_stats_centred": float(np.mean(c_vote == labels[np.unique(k_clip)]))})
+            for k in priors:
+                pr_probs, pr_rows = kept_stats_probs(run["model"], run["standardizer"], prep, r, kept, trunk, p,
+                                                     k, prior)
+                got[-1][f"kept_clip_stats_prior_{k:g}"] = acc(vote(pr_probs, recorded_clip(pr_rows, clip_actor)))
             bar.update()
         out["alphas"][f"{alpha:g}"] = {k: float(np.mean([g[k] for g in got])) for k in got[0]}
     bar.close()
@@ -175,9 +204,20 @@ def plot(res: dict, path: Path) -> None:
     plt.close(fig)
 
 
+PRIOR = "kept_clip_stats_prior_"
+
+
+def _columns(res: dict) -> dict[str, str]:
+    """The table's columns: the three of every run, then each population prior measured (``--priors``)."""
+    row = next(iter(res["alphas"].values()))
+    return {**COLUMNS, **{k: f"kept clips, log-mel mean with a population prior of {k[len(PRIOR):]} frames"
+                          for k in row if k.startswith(PRIOR)}}
+
+
 def _table(res: dict) -> list[str]:
-    return (["| alpha | clips per actor | " + " | ".join(COLUMNS.values()) + " |", "|---|---|" + "---|" * len(COLUMNS)]
-            + [f"| {a} | {row['clips_per_actor']:.0f} | " + " | ".join(f"{100 * row[k]:.2f}%" for k in COLUMNS)
+    cols = _columns(res)
+    return (["| alpha | clips per actor | " + " | ".join(cols.values()) + " |", "|---|---|" + "---|" * len(cols)]
+            + [f"| {a} | {row['clips_per_actor']:.0f} | " + " | ".join(f"{100 * row[k]:.2f}%" for k in cols)
                + " |" for a, row in res["alphas"].items()])
 
 
@@ -188,6 +228,20 @@ def _change(res: dict) -> str:
             f"change the vote by {100 * (m['kept_clip_stats'] - m['all_clip_stats']):+.2f} points against "
             "statistics over all clips, and removing the speaker prior on top of them by "
             f"{100 * (m['kept_clip_stats_centred'] - m['kept_clip_stats']):+.2f} points.")
+
+
+def _prior_note(res: dict) -> list[str]:
+    """What each population prior changed against the plain kept-clip mean, at the most and least one-sided mix."""
+    keys = [k for k in _columns(res) if k.startswith(PRIOR)]
+    if not keys:
+        return []
+    most, least = min(res["alphas"], key=float), max(res["alphas"], key=float)
+    m, e = res["alphas"][most], res["alphas"][least]
+    parts = [f"{k[len(PRIOR):]} frames {100 * (m[k] - m['kept_clip_stats']):+.2f} / "
+             f"{100 * (e[k] - e['kept_clip_stats']):+.2f}" for k in keys]
+    return [f"A population prior on the log-mel mean (the device's `SpeakerNorm`: the mean of the training actors' "
+            f"frames, worth that many frames; 100 frames is 1 s of speech), against the kept clips' own mean, at "
+            f"alpha {most} / alpha {least}: " + "; ".join(parts) + " points.", ""]
 
 
 def markdown(res: dict) -> str:
@@ -208,7 +262,8 @@ def markdown(res: dict) -> str:
                   "activation_3 with fixed training statistics, as the device does; only the log-mel mean is per "
                   "speaker (on the device: `SpeakerNorm`'s running mean), so only that comes from the kept clips. "
                   f"Its models score {100 * sh['mean_clip_accuracy']:.2f}% on all test clips "
-                  f"({100 * sh['mean_clip_accuracy_restated']:.2f}% restated).", "", *_table(sh), "", _change(sh), ""]
+                  f"({100 * sh['mean_clip_accuracy_restated']:.2f}% restated).", "", *_table(sh), "", _change(sh), "",
+                  *_prior_note(sh)]
     return "\n".join(lines)
 
 
@@ -232,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(reports_dir()), help="reports folder (default: %(default)s)")
     ap.add_argument("--recipe", choices=("research", "ship"), default="research",
                     help="the speech CV's recipe, or the shipped one (SHIP_RECIPE; kept under 'ship' in the json)")
+    ap.add_argument("--priors", default="", help="with --recipe ship: population priors to shrink the log-mel "
+                    "mean towards, in frames (the device's SpeakerNorm uses 100), e.g. 100,1000,3000")
     ap.add_argument("--render", action="store_true", help="only re-render the .md and .png from the json")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
@@ -249,13 +306,14 @@ def main(argv: list[str] | None = None) -> int:
     cache = cache_dir()
     prep = prepare(args.data, args.yamnet, r, p, cache, not args.quiet, keep_mels=True)
     trunk = build_trunk(load_weights(args.yamnet), frames=r.patch_frames)
-    kind = f"{REPORT}_{args.draws}_{'_'.join(f'{a:g}' for a in alphas)}"
+    priors = tuple(float(k) for k in args.priors.split(",") if k)
+    kind = f"{REPORT}_{args.draws}_{'_'.join(f'{a:g}' for a in alphas)}" + "".join(f"_p{k:g}" for k in priors)
     folds = []
     for fi in (int(f) for f in args.folds.split(",")):
         f = checkpoint_file(cache / "speech_cv_folds", prep, r, p, kind, fi)
         done = _load_checkpoint(f)
         if done is None:
-            done = fold_table(prep, r, fi, trunk, alphas, args.draws, p, not args.quiet)
+            done = fold_table(prep, r, fi, trunk, alphas, args.draws, p, not args.quiet, priors)
             _save_checkpoint(f, done)
         log.info("fold %d: %s", fi, json.dumps(done["alphas"]))
         folds.append(done)
