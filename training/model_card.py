@@ -42,8 +42,8 @@ def _speaker_balance(sk: dict | None) -> list[str]:
         return []
     which = "the shipped recipe" if "ship" in sk else "research recipe"
     sk = sk.get("ship", sk)
-    most = min(sk["alphas"], key=float)
-    m = sk["alphas"][most]
+    from training.speaker_skew import most_one_sided
+    most, m = most_one_sided(sk)
     return [f"- Speaker normalisation presumes that what it has heard of a speaker covers the emotions. In the speech "
             f"branch's CV ({which}), statistics from one-sided speakers' clips alone "
             f"({m['clips_per_actor']:.0f} clips a speaker, emotion mixes from a Dirichlet({most})) give "
@@ -55,13 +55,15 @@ def _speaker_balance(sk: dict | None) -> list[str]:
 
 def _prior_knob(sk: dict, most: str) -> str:
     """The population prior that did best on the most one-sided speakers, and what it cost the least one-sided."""
+    from edge.params import Params
+    from training.speaker_skew import PRIOR
     least = max(sk["alphas"], key=float)
     m, e = sk["alphas"][most], sk["alphas"][least]
-    keys = [k for k in m if k.startswith("kept_clip_stats_prior_")]
+    keys = [k for k in m if k.startswith(PRIOR)]
     if not keys:
         return ""
     k = max(keys, key=lambda k: m[k])
-    sec = float(k.rsplit("_", 1)[1]) / 100
+    sec = float(k[len(PRIOR):]) * Params().stft_hop_seconds
     return (f" A population prior worth {sec:g} s of speech (`edge-run --speaker-prior {sec:g}`; default 1 s) changed "
             f"that by {100 * (m[k] - m['kept_clip_stats']):+.2f} points, and the {pct(e['kept_clip_stats'])} of "
             f"nearly even speakers (Dirichlet({least})) by {100 * (e[k] - e['kept_clip_stats']):+.2f}.")

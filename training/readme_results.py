@@ -81,8 +81,8 @@ def _skew_row() -> list[str]:
     sk = _load("speaker_skew.json")
     if not sk:
         return []
-    most = min(sk["alphas"], key=float)
-    m = sk["alphas"][most]
+    from training.speaker_skew import most_one_sided
+    most, m = most_one_sided(sk)
     return [f"| speech, one-sided speakers (per-speaker statistics from their own clips) | "
             f"{100 * m['kept_clip_stats']:.2f}% | – | the recipe's models; each test actor keeps a one-sided share "
             f"of its clips (emotion mix Dirichlet({most}), {m['clips_per_actor']:.0f} clips an actor), normalised "

@@ -58,6 +58,12 @@ COLUMNS = {"all_clip_stats": "statistics over all the actor's clips (the CV's fi
            "kept_clip_stats_centred": "kept-clip statistics, speaker prior removed"}
 
 
+def most_one_sided(res: dict) -> tuple[str, dict]:
+    """The most one-sided emotion mix of a speaker_skew result (the smallest alpha) and its figures."""
+    alpha = min(res["alphas"], key=float)
+    return alpha, res["alphas"][alpha]
+
+
 def renormalised(mels: list[np.ndarray], clips: np.ndarray, clip_actor: np.ndarray, prior_frames: float = 0.0,
                  prior: dict[int, np.ndarray] | None = None) -> dict[int, np.ndarray]:
     """The log-mels of ``clips``, each speaker's mean over these clips alone removed. ``mels`` arrive with the
@@ -222,8 +228,7 @@ def _table(res: dict) -> list[str]:
 
 
 def _change(res: dict) -> str:
-    most = min(res["alphas"], key=float)
-    m = res["alphas"][most]
+    most, m = most_one_sided(res)
     return (f"At alpha {most} ({m['clips_per_actor']:.0f} clips per actor), statistics from the kept clips alone "
             f"change the vote by {100 * (m['kept_clip_stats'] - m['all_clip_stats']):+.2f} points against "
             "statistics over all clips, and removing the speaker prior on top of them by "
@@ -235,8 +240,8 @@ def _prior_note(res: dict) -> list[str]:
     keys = [k for k in _columns(res) if k.startswith(PRIOR)]
     if not keys:
         return []
-    most, least = min(res["alphas"], key=float), max(res["alphas"], key=float)
-    m, e = res["alphas"][most], res["alphas"][least]
+    (most, m), least = most_one_sided(res), max(res["alphas"], key=float)
+    e = res["alphas"][least]
     parts = [f"{k[len(PRIOR):]} frames {100 * (m[k] - m['kept_clip_stats']):+.2f} / "
              f"{100 * (e[k] - e['kept_clip_stats']):+.2f}" for k in keys]
     return [f"A population prior on the log-mel mean (the device's `SpeakerNorm`: the mean of the training actors' "

@@ -839,8 +839,8 @@ def _balance_finding(skew: dict | None) -> list[str]:
     """What the per-speaker statistics cost when a speaker's clips are one-sided (reports/speaker_skew.json)."""
     if not skew:
         return []
-    most = min(skew["alphas"], key=float)
-    m = skew["alphas"][most]
+    from training.speaker_skew import most_one_sided
+    most, m = most_one_sided(skew)
     return [f"- **Balanced speakers.** Each test actor is normalised (log-mel mean, feature mean and std) with "
             "statistics of all its clips, which cover every emotion. With statistics from one-sided speakers' "
             f"clips alone (each actor's emotion mix a Dirichlet({most}), {m['clips_per_actor']:.0f} clips per actor) "
