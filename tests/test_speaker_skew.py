@@ -163,3 +163,18 @@ def test_population_prior_columns_and_their_note():
     assert table[-1] == "| 0.3 | 16 | 57.00% | 51.00% | 44.00% | 51.20% | 53.40% |"
     note = _prior_note(res)[0]
     assert "at alpha 0.3 / alpha 5: 100 frames +0.20 / +0.00; 3000 frames +2.40 / -0.03 points" in note
+
+
+def test_a_few_clips_per_speaker_get_their_own_table():
+    from training.speaker_skew import _few_table
+    row = {"clips_per_actor": 1.0, "all_clip_stats": 0.58, "kept_clip_stats": 0.41, "kept_clip_stats_prior_3000": 0.5}
+    folds = [{"test_actors": [1], "clip_accuracy": 0.6, "clip_accuracy_restated": 0.6, "minutes": 1.0,
+              "alphas": {"1": {**row, "clips_per_actor": 24.0, "kept_clip_stats_centred": 0.5}},
+              "few": {"1": row, "4": {**row, "clips_per_actor": 4.0, "kept_clip_stats": 0.5}}}]
+    res = summarise(folds, SpeechRecipe(), 8, "python -m training.speaker_skew --few 1,4")
+    assert res["few"]["4"]["kept_clip_stats"] == 0.5
+    table = _few_table(res)
+    assert "| clips heard per speaker |" in table[2] and "centred" not in table[2]
+    assert "| 1 | 58.00% | 41.00% | 50.00% |" in table and "| 4 | 58.00% | 50.00% | 50.00% |" in table
+    no_few = {k: v for k, v in folds[0].items() if k != "few"}
+    assert _few_table(summarise([no_few], SpeechRecipe(), 8, "")) == []

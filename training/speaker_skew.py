@@ -125,10 +125,12 @@ def kept_stats_probs(model, std: Standardizer, prep: dict, r: SpeechRecipe, kept
 
 
 def fold_table(prep: dict, r: SpeechRecipe, fi: int, trunk, alphas: tuple[float, ...], draws: int,
-               p: Params = Params(), progress: bool = True, priors: tuple[float, ...] = ()) -> dict:
+               p: Params = Params(), progress: bool = True, priors: tuple[float, ...] = (),
+               few: tuple[int, ...] = ()) -> dict:
     """One test fold: the recipe's model (first seed), then ``draws`` one-sided subsets per alpha. ``priors``:
     also vote each subset with the log-mel mean shrunk towards the population's, a prior worth that many frames
-    (the device's ``SpeakerNorm``); recipes with fixed feature statistics and no copies only."""
+    (the device's ``SpeakerNorm``); recipes with fixed feature statistics and no copies only. ``few``: also
+    ``draws`` subsets of that many clips per test actor, drawn at random (a kiosk hears a few utterances)."""
     from tqdm import tqdm
     if r.logmel_norm != "actor" or r.feature_norm not in ("actor", "global"):
         raise ValueError(f"speaker_skew measures a per-actor log-mel mean (and per-actor or fixed feature "
@@ -152,25 +154,38 @@ def fold_table(prep: dict, r: SpeechRecipe, fi: int, trunk, alphas: tuple[float,
         raise ValueError("--priors needs a recipe with fixed feature statistics and no speed copies (--recipe ship)")
     prior = population_prior(prep, list(p.folds[fi])) if priors else None
     rng = np.random.default_rng(fi)
-    bar = tqdm(total=len(alphas) * draws, desc=f"fold {fi} one-sided speakers", disable=not progress)
+
+    def evaluate(kept: np.ndarray, centred: bool = True) -> dict:
+        """The kept clips voted with all-clip statistics, kept-clip statistics (centred), and each prior."""
+        mine = np.isin(clip_of_row, kept)
+        k_probs, k_rows = kept_stats_probs(run["model"], run["standardizer"], prep, r, kept, trunk, p)
+        k_clip = recorded_clip(k_rows, clip_actor)
+        row = {"clips_per_actor": len(kept) / len(np.unique(actor)),
+               "all_clip_stats": acc(vote(probs[mine], clip_of_row[mine])), "kept_clip_stats": acc(vote(k_probs, k_clip))}
+        if centred:
+            _, c_vote, _ = actor_centred(k_probs, k_clip, clip_actor)
+            row["kept_clip_stats_centred"] = float(np.mean(c_vote == labels[np.unique(k_clip)]))
+        for k in priors:
+            pr_probs, pr_rows = kept_stats_probs(run["model"], run["standardizer"], prep, r, kept, trunk, p, k, prior)
+            row[f"{PRIOR}{k:g}"] = acc(vote(pr_probs, recorded_clip(pr_rows, clip_actor)))
+        return row
+
+    def mean(rows: list[dict]) -> dict:
+        return {k: float(np.mean([g[k] for g in rows])) for k in rows[0]}
+    bar = tqdm(total=(len(alphas) + len(few)) * draws, desc=f"fold {fi} one-sided speakers", disable=not progress)
     for alpha in alphas:
         got = []
         for _ in range(draws):
-            kept = tested[skewed_subset(actor, y, alpha, rng, p.num_classes)]
-            mine = np.isin(clip_of_row, kept)
-            k_probs, k_rows = kept_stats_probs(run["model"], run["standardizer"], prep, r, kept, trunk, p)
-            k_clip = recorded_clip(k_rows, clip_actor)
-            _, c_vote, _ = actor_centred(k_probs, k_clip, clip_actor)
-            got.append({"clips_per_actor": len(kept) / len(np.unique(actor)),
-                        "all_clip_stats": acc(vote(probs[mine], clip_of_row[mine])),
-                        "kept_clip_stats": acc(vote(k_probs, k_clip)),
-                        "kept_clip_stats_centred": float(np.mean(c_vote == labels[np.unique(k_clip)]))})
-            for k in priors:
-                pr_probs, pr_rows = kept_stats_probs(run["model"], run["standardizer"], prep, r, kept, trunk, p,
-                                                     k, prior)
-                got[-1][f"kept_clip_stats_prior_{k:g}"] = acc(vote(pr_probs, recorded_clip(pr_rows, clip_actor)))
+            got.append(evaluate(tested[skewed_subset(actor, y, alpha, rng, p.num_classes)]))
             bar.update()
-        out["alphas"][f"{alpha:g}"] = {k: float(np.mean([g[k] for g in got])) for k in got[0]}
+        out["alphas"][f"{alpha:g}"] = mean(got)
+    for n in few:                  # a kiosk's case: a few clips heard of each speaker, whatever they say
+        got = []
+        for _ in range(draws):
+            kept = np.concatenate([rng.choice(tested[actor == a], n, replace=False) for a in np.unique(actor)])
+            got.append(evaluate(np.sort(kept), centred=False))
+            bar.update()
+        out.setdefault("few", {})[str(n)] = mean(got)
     bar.close()
     out["minutes"] = (time.time() - t0) / 60
     return out
@@ -184,6 +199,8 @@ def summarise(folds: list[dict], r: SpeechRecipe, draws: int, command: str) -> d
             "mean_clip_accuracy_restated": float(np.mean([f["clip_accuracy_restated"] for f in folds])),
             "alphas": {a: {k: float(np.mean([f["alphas"][a][k] for f in folds])) for k in folds[0]["alphas"][a]}
                        for a in alphas},
+            **({"few": {n: {k: float(np.mean([f["few"][n][k] for f in folds])) for k in folds[0]["few"][n]}
+                        for n in folds[0]["few"]}} if "few" in folds[0] else {}),
             "minutes": float(sum(f["minutes"] for f in folds)), "command": command}
 
 
@@ -249,6 +266,19 @@ def _prior_note(res: dict) -> list[str]:
             f"alpha {most} / alpha {least}: " + "; ".join(parts) + " points.", ""]
 
 
+def _few_table(res: dict) -> list[str]:
+    """A few clips heard of each speaker (``--few``): all-clip statistics, the few clips' own, and each prior."""
+    few = res.get("few")
+    if not few:
+        return []
+    cols = {k: v for k, v in _columns({"alphas": few}).items() if k != "kept_clip_stats_centred"}
+    return ["A kiosk hears a few utterances of each person, whatever they say. Each draw keeps that many clips of "
+            "every test actor at random; their speaker statistics come from those clips alone (or shrunk towards "
+            "the population's):", "",
+            "| clips heard per speaker | " + " | ".join(cols.values()) + " |", "|---|" + "---|" * len(cols),
+            *[f"| {n} | " + " | ".join(f"{100 * row[k]:.2f}%" for k in cols) + " |" for n, row in few.items()], ""]
+
+
 def markdown(res: dict) -> str:
     lines = ["# Speech: do the per-speaker statistics presume balanced speakers?", "",
              f"Generated by `{res['command']}` ({res['minutes']:.0f} min on 2 cores). The recipe removes each "
@@ -268,7 +298,7 @@ def markdown(res: dict) -> str:
                   "speaker (on the device: `SpeakerNorm`'s running mean), so only that comes from the kept clips. "
                   f"Its models score {100 * sh['mean_clip_accuracy']:.2f}% on all test clips "
                   f"({100 * sh['mean_clip_accuracy_restated']:.2f}% restated).", "", *_table(sh), "", _change(sh), "",
-                  *_prior_note(sh)]
+                  *_prior_note(sh), *_few_table(sh)]
     return "\n".join(lines)
 
 
@@ -294,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the speech CV's recipe, or the shipped one (SHIP_RECIPE; kept under 'ship' in the json)")
     ap.add_argument("--priors", default="", help="with --recipe ship: population priors to shrink the log-mel "
                     "mean towards, in frames (the device's SpeakerNorm uses 100), e.g. 100,1000,3000")
+    ap.add_argument("--few", default="", help="also draw this many clips per test actor at random, e.g. 1,2,4 "
+                    "(a kiosk hears a few utterances of each person)")
     ap.add_argument("--render", action="store_true", help="only re-render the .md and .png from the json")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
@@ -312,13 +344,15 @@ def main(argv: list[str] | None = None) -> int:
     prep = prepare(args.data, args.yamnet, r, p, cache, not args.quiet, keep_mels=True)
     trunk = build_trunk(load_weights(args.yamnet), frames=r.patch_frames)
     priors = tuple(float(k) for k in args.priors.split(",") if k)
-    kind = f"{REPORT}_{args.draws}_{'_'.join(f'{a:g}' for a in alphas)}" + "".join(f"_p{k:g}" for k in priors)
+    few = tuple(int(n) for n in args.few.split(",") if n)
+    kind = (f"{REPORT}_{args.draws}_{'_'.join(f'{a:g}' for a in alphas)}" + "".join(f"_p{k:g}" for k in priors)
+            + "".join(f"_n{n}" for n in few))
     folds = []
     for fi in (int(f) for f in args.folds.split(",")):
         f = checkpoint_file(cache / "speech_cv_folds", prep, r, p, kind, fi)
         done = _load_checkpoint(f)
         if done is None:
-            done = fold_table(prep, r, fi, trunk, alphas, args.draws, p, not args.quiet, priors)
+            done = fold_table(prep, r, fi, trunk, alphas, args.draws, p, not args.quiet, priors, few)
             _save_checkpoint(f, done)
         log.info("fold %d: %s", fi, json.dumps(done["alphas"]))
         folds.append(done)
