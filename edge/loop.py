@@ -45,9 +45,10 @@ class LoopConfig:
     speech_gate_db: float = -25.0        # a patch is speech if its loudest frames reach peak + this
     speech_peak_decay_db_s: float = 3.0  # the running peak level falls this fast (dB/s)
     speech_min_fraction: float = 0.25    # ... and this fraction of its frames is above the gate
-    speaker_prior_s: float = 1.0         # seconds of speech the training population's mean log-mel is worth in
+    speaker_prior_s: float = 10.0        # seconds of speech the training population's mean log-mel is worth in
     #                                      the speaker's running mean (SpeakerNorm); larger: steadier for a speaker
-    #                                      who stays in one emotion, slower to adapt to a new voice
+    #                                      who stays in one emotion or says little, slower to adapt to a new voice
+    #                                      (10 s against 1 s: reports/speaker_skew.md)
 
 
 @dataclass

@@ -93,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--decision-window", type=float, help="seconds of votes per decision (default 3.0)")
     m.add_argument("--speaker-prior", type=float,
                    help="seconds of speech the training population's mean log-mel is worth in the speaker "
-                        "normalisation (default 1.0). Larger is steadier for a speaker who stays in one emotion and "
-                        "slower to adapt to a new voice (reports/speaker_skew.md measured 1 to 100 s)")
+                        "normalisation (default 10). Larger is steadier for a speaker who stays in one emotion or "
+                        "says little, and slower to adapt to a new voice (reports/speaker_skew.md measured 1 to 100 s)")
     o = ap.add_argument_group("outputs")
     o.add_argument("--jsonl", help="JSON lines to this file, '-' for stdout (default '-')")
     o.add_argument("--http", help="serve the kiosk page on HOST:PORT (e.g. 127.0.0.1:8080)")
@@ -136,7 +136,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     if args.list_devices:
         print("\n".join(list_devices()))
         raise SystemExit(0)
-    defaults = {"threads": 1, "detect_every": 5, "decision_window": 3.0, "speaker_prior": 1.0, "jsonl": "-",
+    defaults = {"threads": 1, "detect_every": 5, "decision_window": 3.0, "speaker_prior": 10.0, "jsonl": "-",
                 "mqtt_topic": "av-emotion-edge", "log_level": "INFO"}
     for k, v in {**defaults, **load_config(args.config)}.items():
         if getattr(args, k, None) is None:

@@ -319,7 +319,7 @@ def test_speaker_prior_from_flag_or_config_sets_the_loops_speaker_normalisation(
     from edge.loop import EmotionLoop, LoopConfig
     from edge.model import EmotionModel
     from edge.run import parse
-    assert parse(["--video", "x.mp4"]).speaker_prior == 1.0
+    assert parse(["--video", "x.mp4"]).speaker_prior == LoopConfig().speaker_prior_s == 10.0   # one default
     cfg = tmp_path / "edge-run.toml"
     cfg.write_text('speaker_prior = 30.0\n[source]\nvideo = "x.mp4"\n')
     assert parse(["--config", str(cfg)]).speaker_prior == 30.0
@@ -329,4 +329,4 @@ def test_speaker_prior_from_flag_or_config_sets_the_loops_speaker_normalisation(
             parse(["--video", "x.mp4", "--speaker-prior", bad])
     loop = EmotionLoop(EmotionModel(), cfg=LoopConfig(speaker_prior_s=30.0), extractor=object())
     assert loop.norm.prior_frames == pytest.approx(3000.0)              # 10 ms log-mel frames
-    assert EmotionLoop(EmotionModel(), extractor=object()).norm.prior_frames == pytest.approx(100.0)
+    assert EmotionLoop(EmotionModel(), extractor=object()).norm.prior_frames == pytest.approx(1000.0)
