@@ -56,6 +56,7 @@ REPORT = "speaker_skew"
 COLUMNS = {"all_clip_stats": "statistics over all the actor's clips (the CV's figure)",
            "kept_clip_stats": "statistics over the kept clips alone (a device's case)",
            "kept_clip_stats_centred": "kept-clip statistics, speaker prior removed"}
+PRIOR = "kept_clip_stats_prior_"       # + frames: the kept clips' log-mel mean with a population prior (--priors)
 
 
 def most_one_sided(res: dict) -> tuple[str, dict]:
@@ -135,6 +136,8 @@ def fold_table(prep: dict, r: SpeechRecipe, fi: int, trunk, alphas: tuple[float,
     if r.logmel_norm != "actor" or r.feature_norm not in ("actor", "global"):
         raise ValueError(f"speaker_skew measures a per-actor log-mel mean (and per-actor or fixed feature "
                          f"statistics); the recipe has logmel_norm={r.logmel_norm!r}, feature_norm={r.feature_norm!r}")
+    if priors and (r.feature_norm != "global" or r.copies()):
+        raise ValueError("--priors needs a recipe with fixed feature statistics and no speed copies (--recipe ship)")
     t0 = time.time()
     labels, clip_actor = prep["labels"], prep["clip_actor"]
     run = train_fold(prep["train_ps"], prep["test_ps"], labels, clip_actor, list(p.folds[fi]), r, p,
@@ -150,8 +153,6 @@ def fold_table(prep: dict, r: SpeechRecipe, fi: int, trunk, alphas: tuple[float,
     every, every_rows = kept_stats_probs(run["model"], run["standardizer"], prep, r, tested, trunk, p)
     out = {"test_actors": list(p.folds[fi]), "clip_accuracy": run["clip_accuracy"],
            "clip_accuracy_restated": acc(vote(every, recorded_clip(every_rows, clip_actor))), "alphas": {}}
-    if priors and (r.feature_norm != "global" or r.copies()):
-        raise ValueError("--priors needs a recipe with fixed feature statistics and no speed copies (--recipe ship)")
     prior = population_prior(prep, list(p.folds[fi])) if priors else None
     rng = np.random.default_rng(fi)
 
@@ -170,37 +171,37 @@ def fold_table(prep: dict, r: SpeechRecipe, fi: int, trunk, alphas: tuple[float,
             row[f"{PRIOR}{k:g}"] = acc(vote(pr_probs, recorded_clip(pr_rows, clip_actor)))
         return row
 
-    def mean(rows: list[dict]) -> dict:
-        return {k: float(np.mean([g[k] for g in rows])) for k in rows[0]}
     bar = tqdm(total=(len(alphas) + len(few)) * draws, desc=f"fold {fi} one-sided speakers", disable=not progress)
     for alpha in alphas:
         got = []
         for _ in range(draws):
             got.append(evaluate(tested[skewed_subset(actor, y, alpha, rng, p.num_classes)]))
             bar.update()
-        out["alphas"][f"{alpha:g}"] = mean(got)
+        out["alphas"][f"{alpha:g}"] = _mean(got)
     for n in few:                  # a kiosk's case: a few clips heard of each speaker, whatever they say
         got = []
         for _ in range(draws):
             kept = np.concatenate([rng.choice(tested[actor == a], n, replace=False) for a in np.unique(actor)])
             got.append(evaluate(np.sort(kept), centred=False))
             bar.update()
-        out.setdefault("few", {})[str(n)] = mean(got)
+        out.setdefault("few", {})[str(n)] = _mean(got)
     bar.close()
     out["minutes"] = (time.time() - t0) / 60
     return out
 
 
+def _mean(rows: list[dict]) -> dict:
+    """Figure by figure, the mean of rows with the same keys (draws of a fold, or folds)."""
+    return {k: float(np.mean([g[k] for g in rows])) for k in rows[0]}
+
+
 def summarise(folds: list[dict], r: SpeechRecipe, draws: int, command: str) -> dict:
-    alphas = list(folds[0]["alphas"])
     return {"recipe": asdict(r), "draws_per_fold": draws,
             "folds": folds,
             "mean_clip_accuracy": float(np.mean([f["clip_accuracy"] for f in folds])),
             "mean_clip_accuracy_restated": float(np.mean([f["clip_accuracy_restated"] for f in folds])),
-            "alphas": {a: {k: float(np.mean([f["alphas"][a][k] for f in folds])) for k in folds[0]["alphas"][a]}
-                       for a in alphas},
-            **({"few": {n: {k: float(np.mean([f["few"][n][k] for f in folds])) for k in folds[0]["few"][n]}
-                        for n in folds[0]["few"]}} if "few" in folds[0] else {}),
+            **{part: {a: _mean([f[part][a] for f in folds]) for a in folds[0][part]}
+               for part in ("alphas", "few") if part in folds[0]},
             "minutes": float(sum(f["minutes"] for f in folds)), "command": command}
 
 
@@ -225,9 +226,6 @@ def plot(res: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-PRIOR = "kept_clip_stats_prior_"
 
 
 def _columns(res: dict) -> dict[str, str]:
