@@ -7,7 +7,9 @@ from the training population's mean (a prior worth ``prior_frames`` frames):
     mean_t = (prior_frames * prior + sum of speech frames so far) / (prior_frames + n_frames)
 
 with the count capped at ``max_frames`` (an exponential forgetting of older speech: a new speaker
-takes over within ~max_frames / 100 seconds of speech). Reset it when the session changes.
+takes over within ~max_frames / 100 seconds of speech). Reset it when the session changes. The
+default prior, 1000 frames (10 s of speech), is edge-run's (``--speaker-prior``): against 1 s it read
+speakers heard for a few utterances, or in one emotion, better (reports/speaker_skew.md).
 
     norm = SpeakerNorm(prior_mean)          # (64,) from the model manifest
     norm.update(log_mel_of_speech)          # (n_frames, 64)
@@ -21,7 +23,7 @@ import numpy as np
 class SpeakerNorm:
     """Running per-band mean of a speaker's log-mel frames, with a prior."""
 
-    def __init__(self, prior_mean: np.ndarray, prior_frames: float = 100.0, max_frames: float = 3000.0):
+    def __init__(self, prior_mean: np.ndarray, prior_frames: float = 1000.0, max_frames: float = 3000.0):
         prior_mean = np.asarray(prior_mean, np.float64).reshape(-1)
         if not np.all(np.isfinite(prior_mean)):
             raise ValueError("SpeakerNorm: the prior mean has non-finite values")
@@ -40,6 +42,8 @@ class SpeakerNorm:
 
     @property
     def mean(self) -> np.ndarray:
+        if self.prior_frames + self._n == 0:      # no prior weight and nothing heard yet: the prior is all there is
+            return self.prior_mean.copy()
         return (self.prior_frames * self.prior_mean + self._sum) / (self.prior_frames + self._n)
 
     def update(self, log_mel: np.ndarray) -> None:
