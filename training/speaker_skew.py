@@ -41,6 +41,7 @@ from training.speech import (
     actor_centred,
     channel_stats,
     clip_accuracy,
+    mean_figures,
     n_recorded,
     recorded_clip,
     skewed_subset,
@@ -177,22 +178,17 @@ def fold_table(prep: dict, r: SpeechRecipe, fi: int, trunk, alphas: tuple[float,
         for _ in range(draws):
             got.append(evaluate(tested[skewed_subset(actor, y, alpha, rng, p.num_classes)]))
             bar.update()
-        out["alphas"][f"{alpha:g}"] = _mean(got)
+        out["alphas"][f"{alpha:g}"] = mean_figures(got)
     for n in few:                  # a kiosk's case: a few clips heard of each speaker, whatever they say
         got = []
         for _ in range(draws):
             kept = np.concatenate([rng.choice(tested[actor == a], n, replace=False) for a in np.unique(actor)])
             got.append(evaluate(np.sort(kept), centred=False))
             bar.update()
-        out.setdefault("few", {})[str(n)] = _mean(got)
+        out.setdefault("few", {})[str(n)] = mean_figures(got)
     bar.close()
     out["minutes"] = (time.time() - t0) / 60
     return out
-
-
-def _mean(rows: list[dict]) -> dict:
-    """Figure by figure, the mean of rows with the same keys (draws of a fold, or folds)."""
-    return {k: float(np.mean([g[k] for g in rows])) for k in rows[0]}
 
 
 def summarise(folds: list[dict], r: SpeechRecipe, draws: int, command: str) -> dict:
@@ -200,7 +196,7 @@ def summarise(folds: list[dict], r: SpeechRecipe, draws: int, command: str) -> d
             "folds": folds,
             "mean_clip_accuracy": float(np.mean([f["clip_accuracy"] for f in folds])),
             "mean_clip_accuracy_restated": float(np.mean([f["clip_accuracy_restated"] for f in folds])),
-            **{part: {a: _mean([f[part][a] for f in folds]) for a in folds[0][part]}
+            **{part: {a: mean_figures([f[part][a] for f in folds]) for a in folds[0][part]}
                for part in ("alphas", "few") if part in folds[0]},
             "minutes": float(sum(f["minutes"] for f in folds)), "command": command}
 

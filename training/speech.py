@@ -467,6 +467,11 @@ def actor_centred(probs: np.ndarray, clip: np.ndarray, clip_actor: np.ndarray
     return ids, voted, (score - offset).argmax(1)
 
 
+def mean_figures(rows: list[dict]) -> dict:
+    """Figure by figure, the mean of rows with the same keys (draws of a fold, or folds)."""
+    return {k: float(np.mean([g[k] for g in rows])) for k in rows[0]}
+
+
 SKEW_ALPHAS = (5.0, 1.0, 0.3)      # Dirichlet concentration of a speaker's emotion mix: mild, flat, strong skew
 
 

@@ -23,6 +23,7 @@ from training.speech import (
     SpeechRecipe,
     actor_centred,
     centring_under_skew,
+    mean_figures,
     n_recorded,
     normalize_log_mel,
     recorded_clip,
@@ -182,8 +183,7 @@ def centring_figures(folds: list[dict]) -> dict:
     if not folds or not all("actor_centring_skew" in f for f in folds):
         return {}
     tables = [f["actor_centring_skew"] for f in folds]
-    return {"actor_centring_skew": {alpha: {k: float(np.mean([t[alpha][k] for t in tables])) for k in row}
-                                    for alpha, row in tables[0].items()}}
+    return {"actor_centring_skew": {alpha: mean_figures([t[alpha] for t in tables]) for alpha in tables[0]}}
 
 
 def _seed_run(prep: dict, recipe: SpeechRecipe, p: Params, fi: int, seed: int, progress: bool,
