@@ -25,6 +25,22 @@ def _headline(recipe: SpeechRecipe) -> dict:
             "recipe": dataclasses.asdict(recipe), "folds_map": {}}
 
 
+def test_a_lever_repeated_on_another_seed_pairs_with_that_seeds_row():
+    now = SpeechRecipe()                                   # weight averaging on
+    rows = [_row("recipe", 0.69, now), _row("seed-1", 0.70, now.replace(seeds=(1,))),
+            _row("no-weight-ema", 0.68, now.replace(weight_ema=0.0)),
+            _row("no-weight-ema-seed-1", 0.67, now.replace(weight_ema=0.0, seeds=(1,)))]
+    for r in rows:
+        r["fold_clip_accuracy"] = [r["mean_clip_accuracy"]] * 2
+    cur = dataclasses.asdict(now)
+    assert ablation_base(rows[2], rows, cur) == ({}, rows[0])
+    assert ablation_base(rows[3], rows, cur) == ({"seeds": [1]}, rows[1])      # seed 1's row, not the recipe
+    md = speech_markdown(_headline(now), rows, "edge-train speech")
+    assert "| no-weight-ema-seed-1 | no-weight-ema-seed-1 | recipe with seeds=[1] |" in md
+    assert "+1.0 from the moving average of the weights (Polyak)" in md
+    assert "+3.0 from the moving average of the weights with seed 1 (against the seed-1 row)" in md
+
+
 def test_rows_of_an_earlier_recipe_are_labelled_and_compared_with_their_own_base():
     now = SpeechRecipe()                                   # label smoothing 0.1
     before = now.replace(label_smoothing=0.0)

@@ -119,7 +119,8 @@ def test_an_interrupted_cv_resumes_after_its_last_finished_fold(tmp_path, monkey
                          "minutes": 1.0}, "true": [0, 1], "pred": [0, 0]}
 
     monkeypatch.setattr(cv, "_run_fold", fake_fold)
-    recipe = SpeechRecipe(epochs=3, test_speeds=())                      # folds without the paired figure
+    # folds without the paired figure; every lever added after checkpoints existed at its off value
+    recipe = SpeechRecipe(epochs=3, test_speeds=(), weight_ema=0.0)
     with pytest.raises(KeyboardInterrupt):
         cv.run_cv(prep, recipe, Params(), folds=[0, 2], checkpoints=tmp_path)
     res = cv.run_cv(prep, recipe, Params(), folds=[0, 2], checkpoints=tmp_path)
@@ -134,7 +135,7 @@ def test_an_interrupted_cv_resumes_after_its_last_finished_fold(tmp_path, monkey
     assert cv.checkpoint_file(tmp_path, prep, recipe, Params(), "fold", 0) == key   # a recipe from before a lever
     turned_on = {"snapshots": 3, "speaker_bn": True, "speaker_adversary": 0.3, "keep_tempo": True,
                  "pitch_perturb": (0.9,), "self_train": 0.5, "self_train_epochs": 3,
-                 "patch_frames": 144, "pitch_norm": 0.5}
+                 "patch_frames": 144, "pitch_norm": 0.5, "weight_ema": 0.99}
     assert set(turned_on) == set(cv.KEY_NEUTRAL)                         # a lever added later needs its line here
     for field, value in turned_on.items():                              # ... turned on: another key
         on = recipe.replace(**{field: value})
@@ -294,6 +295,46 @@ def test_the_speaker_adversary_trains_the_shared_head():
     assert trainer.get_layer("speaker_grl").scale.numpy() > 0.5
     assert any(np.abs(a - b).max() > 0 for a, b in zip(before, head.get_weights(), strict=True))
     assert head.predict(x, verbose=0).shape == (32, 8)
+
+
+def test_weight_ema_averages_every_batch_and_swaps_back():
+    """The callback's average follows momentum * average + (1 - momentum) * weights after each batch (the first
+    batch starts it); swapped() puts the average in the model and the raw weights back, even on an error."""
+    import keras
+
+    from training.speech import SpeechRecipe, build_head, compile_head, fit_epoch, weight_ema
+    keras.utils.set_random_seed(0)
+    r = SpeechRecipe(conv_filters=(8, 8), lstm_units=8, attention_units=8, batch_size=16)
+    head = compile_head(build_head(r), r)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 24, 16, 64)).astype(np.float32)
+    y = np.eye(8, dtype=np.float32)[rng.integers(0, 8, 32)]
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(head.get_weights())
+
+    ema = weight_ema(head, 0.9)
+    with pytest.raises(RuntimeError, match="no batch"):
+        with ema.swapped():
+            pass
+    fit_epoch(head, x, y, r, 0, callbacks=[Record(), ema])               # 2 batches
+    assert len(seen) == 2
+    expected = [0.9 * a + 0.1 * b for a, b in zip(seen[0], seen[1], strict=True)]
+    for got, want in zip(ema.average, expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    raw = head.get_weights()
+    assert any(np.abs(a - b).max() > 0 for a, b in zip(raw, expected, strict=True))
+    with pytest.raises(ValueError):
+        with ema.swapped() as m:
+            for got, want in zip(m.get_weights(), expected, strict=True):
+                np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+            raise ValueError("inside")
+    for got, want in zip(head.get_weights(), raw, strict=True):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="weight_ema"):
+        SpeechRecipe(weight_ema=1.0)
 
 
 def test_stretch_frames_restores_a_speed_copys_duration():

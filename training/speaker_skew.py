@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recipe", choices=("research", "ship"), default="research",
                     help="the speech CV's recipe, or the shipped one (SHIP_RECIPE; kept under 'ship' in the json)")
     ap.add_argument("--priors", default="", help="with --recipe ship: population priors to shrink the log-mel "
-                    "mean towards, in frames (the device's SpeakerNorm uses 100), e.g. 100,1000,3000")
+                    "mean towards, in frames (edge-run's default, --speaker-prior 10 s, is 1000), e.g. 100,1000,3000")
     ap.add_argument("--few", default="", help="also draw this many clips per test actor at random, e.g. 1,2,4 "
                     "(a kiosk hears a few utterances of each person)")
     ap.add_argument("--render", action="store_true", help="only re-render the .md and .png from the json")

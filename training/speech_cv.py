@@ -113,11 +113,12 @@ def _at_speed(clips: list, speed: float, factors: dict, p: Params, cache: Path |
 FIELDS_ADDED_OFF = {"freq_warp": 0.0, "refit": False, "seeds": [0], "speed_perturb": [], "test_speeds": [],
                     "pool_speeds": False, "lr_decay": "none", "select_with_test_speeds": False, "snapshots": 1,
                     "speaker_bn": False, "speaker_adversary": 0.0, "keep_tempo": False, "pitch_perturb": [],
-                    "self_train": 0.0, "self_train_epochs": 8, "patch_frames": 96, "pitch_norm": 0.0}
+                    "self_train": 0.0, "self_train_epochs": 8, "patch_frames": 96, "pitch_norm": 0.0,
+                    "weight_ema": 0.0}
 # of those, the ones added after fold checkpoints were written: at their off value they leave a fold's result
 # unchanged and stay out of its checkpoint key, so those checkpoints still serve the recipe
 KEY_NEUTRAL = ("snapshots", "speaker_bn", "speaker_adversary", "keep_tempo", "pitch_perturb", "self_train",
-               "self_train_epochs", "patch_frames", "pitch_norm")
+               "self_train_epochs", "patch_frames", "pitch_norm", "weight_ema")
 
 
 def as_json(value):
@@ -492,6 +493,10 @@ ABLATION = (
      dict(pitch_norm=0.5)),
     ("dropout-0.5", "recipe with dropout 0.5 instead of 0.3 (spatial dropout after each conv 0.25 instead of 0.15)",
      dict(dropout=0.5)),
+    ("no-weight-ema", "recipe with the raw weights of the best epoch selected and tested, not their moving "
+                      "average (the recipe until weight averaging joined it)", dict(weight_ema=0.0)),
+    ("no-weight-ema-seed-1", "no-weight-ema with seed 1: the lever again on another seed, against the seed-1 row",
+     dict(weight_ema=0.0, seeds=(1,))),
     ("seed-1", "the recipe with seed 1 (validation actors, initialisation and every draw) instead of 0: not a "
                "lever, a measure of run-to-run noise", dict(seeds=(1,))),
     ("test-speeds-2", "recipe, test clips voted with their 0.9x/1.1x copies only (the training speeds; the recipe "
@@ -499,6 +504,10 @@ ABLATION = (
     ("no-test-speeds", "recipe without test-time augmentation (the recipe until it joined): test clips voted as "
                        "recorded, not also at other speeds", dict(test_speeds=())),
 )
+
+
+# overrides of a row that its base keeps: the row repeats a lever on another seed, against that seed's row
+KEPT_IN_BASE = {"no-weight-ema-seed-1": ("seeds",)}
 
 
 def recipe_as_run(stored: dict) -> dict:
@@ -528,11 +537,17 @@ def ablation_base(row: dict, rows: list[dict], current: dict) -> tuple[dict, dic
         return {}, None
     have = recipe_as_run(row["recipe"])
     cur = recipe_as_run(current)
-    base = {**have, **{k: cur[k] for k in over}}
+    base = {**have, **{k: cur[k] for k in over if k not in KEPT_IN_BASE.get(row["name"], ())}}
     differs = recipe_changes(cur, base)
     match = next((b for b in rows if b["name"] != row["name"] and b["folds"] == row["folds"]
                   and recipe_as_run(b["recipe"]) == base), None)
     return differs, match
+
+
+def base_label(row: dict, ablation: list[dict]) -> str:
+    """The ablation table's base column: "recipe", or "recipe with k=v, ..." for a row of an earlier recipe."""
+    differs, _ = ablation_base(row, ablation, current_recipe())
+    return "recipe" if not differs else "recipe with " + ", ".join(f"{k}={v}" for k, v in differs.items())
 
 
 def four_fold_rows(ablation: list[dict]) -> list[dict]:
@@ -809,8 +824,7 @@ def speech_markdown(r: dict, ablation: list[dict], command: str, skew: dict | No
                   "| variant | change | base | folds | mean clip acc | patch acc | minutes |",
                   "|---|---|---|---|---|---|---|"]
         for a in ablation:
-            differs, _ = ablation_base(a, ablation, current_recipe())
-            base = "recipe" if not differs else "recipe with " + ", ".join(f"{k}={v}" for k, v in differs.items())
+            base = base_label(a, ablation)
             paired = (f" ({100 * a['mean_clip_accuracy_without_test_speeds']:.2f}% from the same models without the "
                       "test copies)") if "mean_clip_accuracy_without_test_speeds" in a else ""
             paired += "".join(f" ({100 * a[f'mean_clip_accuracy_{name}']:.2f}% {text})"
@@ -928,8 +942,10 @@ def _seeds_finding(ablation: list[dict]) -> list[str]:
 
     def curve(values: list[float]) -> str:
         return ", ".join(f"{k}: {100 * v:.2f}%" for k, v in enumerate(values, 1))
-    text = (f"- **Seeds.** Averaging the probabilities of the first k seeds' models (`{a['name']}`, all four folds), "
-            f"k = {curve(a['mean_clip_accuracy_first_seeds'])}.")
+    base = base_label(a, ablation)
+    of = "" if base == "recipe" else f", the {base}"
+    text = (f"- **Seeds.** Averaging the probabilities of the first k seeds' models (`{a['name']}`, all four folds"
+            f"{of}), k = {curve(a['mean_clip_accuracy_first_seeds'])}.")
     if "mean_clip_accuracy_each_seed" in a:
         each = a["mean_clip_accuracy_each_seed"]
         text += (" Each seed alone: " + ", ".join(f"{100 * v:.2f}%" for v in each)
@@ -942,7 +958,9 @@ def _seeds_finding(ablation: list[dict]) -> list[str]:
     for b in in_budget_ensembles(ablation):
         soft = (f" ({100 * b['mean_clip_accuracy_soft_vote']:.2f}% by summed probabilities)"
                 if "mean_clip_accuracy_soft_vote" in b else "")
-        text += (f" Sized for the {CV_BUDGET_MINUTES}-minute budget (`{b['name']}`: {b['change'].split(':')[0]}, "
+        bb = base_label(b, ablation)
+        text += (f" Sized for the {CV_BUDGET_MINUTES}-minute budget (`{b['name']}`: {b['change'].split(':')[0]}"
+                 f"{'' if bb == 'recipe' else ' (the ' + bb + ')'}, "
                  f"{b.get('cv_minutes', b['minutes']):.1f} min): {100 * b['mean_clip_accuracy']:.2f}%{soft}")
         if "mean_clip_accuracy_each_seed" in b:
             text += f", its first seed alone {100 * b['mean_clip_accuracy_each_seed'][0]:.2f}%"
@@ -995,6 +1013,8 @@ LEVER_TEXT = {
     "dropout-0.5": "vs. dropout 0.5",
     "select-with-copies": "vs. selecting the model on validation clips voted with their copies",
     "cosine-lr": "vs. a cosine learning-rate decay",
+    "no-weight-ema": "from the moving average of the weights (Polyak)",
+    "no-weight-ema-seed-1": "from the moving average of the weights with seed 1 (against the seed-1 row)",
 }
 
 
