@@ -497,6 +497,8 @@ ABLATION = (
                       "average (the recipe until weight averaging joined it)", dict(weight_ema=0.0)),
     ("no-weight-ema-seed-1", "no-weight-ema with seed 1: the lever again on another seed, against the seed-1 row",
      dict(weight_ema=0.0, seeds=(1,))),
+    ("ensemble-2", "recipe, 2 seeds (0 and 1: the recipe's and seed-1's runs), probabilities averaged",
+     dict(seeds=(0, 1))),
     ("seed-1", "the recipe with seed 1 (validation actors, initialisation and every draw) instead of 0: not a "
                "lever, a measure of run-to-run noise", dict(seeds=(1,))),
     ("test-speeds-2", "recipe, test clips voted with their 0.9x/1.1x copies only (the training speeds; the recipe "
@@ -1015,6 +1017,7 @@ LEVER_TEXT = {
     "cosine-lr": "vs. a cosine learning-rate decay",
     "no-weight-ema": "from the moving average of the weights (Polyak)",
     "no-weight-ema-seed-1": "from the moving average of the weights with seed 1 (against the seed-1 row)",
+    "ensemble-2": "vs. a 2-seed ensemble (2x the training time)",
 }
 
 
