@@ -337,6 +337,40 @@ def test_weight_ema_averages_every_batch_and_swaps_back():
         SpeechRecipe(weight_ema=1.0)
 
 
+def test_training_without_selection_ends_with_the_weight_average():
+    """fit_epochs (refit, self-training) leaves the model with the moving average of its weights, as selection does:
+    two one-batch epochs at momentum 0.9 give 0.9 * (weights after the first) + 0.1 * (after the second)."""
+    import keras
+
+    from training.speech import SpeechRecipe, build_head, compile_head, fit_epoch, fit_epochs
+    r = SpeechRecipe(conv_filters=(8, 8), lstm_units=8, attention_units=8, batch_size=16, weight_ema=0.9)
+    rng = np.random.default_rng(0)
+    data = [(rng.normal(size=(16, 24, 16, 64)).astype(np.float32), np.eye(8, dtype=np.float32)[rng.integers(0, 8, 16)])
+            for _ in range(2)]
+    keras.utils.set_random_seed(0)
+    init = build_head(r).get_weights()
+
+    def fresh():
+        keras.utils.set_random_seed(1)
+        m = compile_head(build_head(r), r)
+        m.set_weights(init)
+        return m
+
+    raw = fresh()
+    steps = []
+    for epoch, (x, y) in enumerate(data):
+        fit_epoch(raw, x, y, r, epoch)
+        steps.append(raw.get_weights())
+    averaged = fresh()
+    fit_epochs(averaged, averaged, iter(data), r)
+    for got, a, b in zip(averaged.get_weights(), *steps, strict=True):
+        np.testing.assert_allclose(got, 0.9 * a + 0.1 * b, rtol=1e-4, atol=1e-5)
+    plain = fresh()
+    fit_epochs(plain, plain, iter(data), r.replace(weight_ema=0.0))
+    for got, b in zip(plain.get_weights(), steps[1], strict=True):
+        np.testing.assert_allclose(got, b, rtol=1e-4, atol=1e-5)
+
+
 def test_stretch_frames_restores_a_speed_copys_duration():
     from training.speech import stretch_frames
     m = np.stack([np.arange(10, dtype=np.float32)] * 3, axis=1)          # a ramp in every band

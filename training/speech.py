@@ -271,6 +271,16 @@ def fit_epoch(trainer, x: np.ndarray, y, recipe: SpeechRecipe, epoch: int, p: Pa
     return {k: float(v[0]) for k, v in h.history.items()}
 
 
+def fit_epochs(trainer, model, epochs, r: SpeechRecipe, p: Params = Params()) -> None:
+    """Train on every (x, y) of ``epochs`` with no selection (refit, self-training); with ``r.weight_ema`` the
+    model ends with the moving average of its weights, as a selected model does."""
+    ema = weight_ema(model, r.weight_ema) if r.weight_ema else None
+    for epoch, (x, y) in enumerate(epochs):
+        fit_epoch(trainer, x, y, r, epoch, p, [ema] if ema else None)
+    if ema and ema.average is not None:
+        model.set_weights(ema.average)
+
+
 # ------------------------------------------------------------------ features
 
 @dataclass
@@ -789,9 +799,8 @@ def train_fold(train_ps: PatchSet, test_ps: PatchSet, labels: np.ndarray, clip_a
         std = Standardizer.fit(train_ps, clip_actor, all_clips, r.feature_norm, test_ps)
         model = build_head(r, p)
         trainer = head_trainer(model, r, len(np.unique(clip_actor[all_clips])), p)
-        for epoch, (x, y) in enumerate(prefetched(best_epoch, make_epoch, train_ps, all_clips, labels, std,
-                                                         clip_actor, r, rng, p.num_classes)):
-            fit_epoch(trainer, x, y, r, epoch, p)
+        fit_epochs(trainer, model, prefetched(best_epoch, make_epoch, train_ps, all_clips, labels, std, clip_actor,
+                                              r, rng, p.num_classes), r, p)
     if not len(test_clips):                       # a final model trained on every actor: nothing to test
         return {"model": model, "standardizer": std, "val_actors": val_actors, "best_epoch": best_epoch,
                 "val_clip_accuracy": best, "history": history}
@@ -803,9 +812,8 @@ def train_fold(train_ps: PatchSet, test_ps: PatchSet, labels: np.ndarray, clip_a
         chosen, guess = pseudo_labels(before, test_ps.clip[test_ps.of_clips(eval_clips)], clip_actor, r.self_train)
         st_clips, st_labels = with_pseudo_labels(fit_clips, labels, chosen, guess, clip_actor, train_ps, r)
         trainer = head_trainer(model, r, len(np.unique(clip_actor[st_clips])), p)
-        for epoch, (x, y) in enumerate(prefetched(r.self_train_epochs, make_epoch, train_ps, st_clips, st_labels,
-                                                  std, clip_actor, r, rng, p.num_classes)):
-            fit_epoch(trainer, x, y, r, epoch, p)
+        fit_epochs(trainer, model, prefetched(r.self_train_epochs, make_epoch, train_ps, st_clips, st_labels, std,
+                                              clip_actor, r, rng, p.num_classes), r, p)
         extra = {"probs_without_self_train": before, "self_train_clips": int(len(chosen))}
     acc, patch_acc, ids, pred, probs = clip_accuracy(model, test_ps, eval_clips, labels, std, clip_actor,
                                                      r.speaker_bn)
