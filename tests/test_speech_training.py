@@ -231,6 +231,12 @@ def test_speaker_batchnorm_removes_a_speakers_offset():
         np.testing.assert_array_equal(w0, w1)
 
 
+def _tiny(**kw):
+    """A speech head recipe small enough to train a batch in a test."""
+    from training.speech import SpeechRecipe
+    return SpeechRecipe(conv_filters=(8, 8), lstm_units=8, attention_units=8, batch_size=16, **kw)
+
+
 def test_gradient_reversal_is_identity_forward_and_flips_the_gradient():
     import keras
     import tensorflow as tf
@@ -280,9 +286,9 @@ def test_the_speaker_adversary_trains_the_shared_head():
     """The adversarial trainer fits both outputs; the head (shared layers) is what changes and what predicts."""
     import keras
 
-    from training.speech import SpeechRecipe, build_head, fit_epoch, head_trainer
+    from training.speech import build_head, fit_epoch, head_trainer
     keras.utils.set_random_seed(0)
-    r = SpeechRecipe(speaker_adversary=1.0, conv_filters=(8, 8), lstm_units=8, attention_units=8, batch_size=16)
+    r = _tiny(speaker_adversary=1.0)
     head = build_head(r)
     trainer = head_trainer(head, r, 5)
     rng = np.random.default_rng(0)
@@ -304,7 +310,7 @@ def test_weight_ema_averages_every_batch_and_swaps_back():
 
     from training.speech import SpeechRecipe, build_head, compile_head, fit_epoch, weight_ema
     keras.utils.set_random_seed(0)
-    r = SpeechRecipe(conv_filters=(8, 8), lstm_units=8, attention_units=8, batch_size=16)
+    r = _tiny()
     head = compile_head(build_head(r), r)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(32, 24, 16, 64)).astype(np.float32)
@@ -342,8 +348,8 @@ def test_training_without_selection_ends_with_the_weight_average():
     two one-batch epochs at momentum 0.9 give 0.9 * (weights after the first) + 0.1 * (after the second)."""
     import keras
 
-    from training.speech import SpeechRecipe, build_head, compile_head, fit_epoch, fit_epochs
-    r = SpeechRecipe(conv_filters=(8, 8), lstm_units=8, attention_units=8, batch_size=16, weight_ema=0.9)
+    from training.speech import build_head, compile_head, fit_epoch, fit_epochs
+    r = _tiny(weight_ema=0.9)
     rng = np.random.default_rng(0)
     data = [(rng.normal(size=(16, 24, 16, 64)).astype(np.float32), np.eye(8, dtype=np.float32)[rng.integers(0, 8, 16)])
             for _ in range(2)]
