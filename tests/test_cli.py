@@ -1,4 +1,5 @@
 """Every command answers --help; bad flags fail with a clear message."""
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -64,6 +65,25 @@ def test_bench_face_archs_help():
     r = subprocess.run([sys.executable, "-m", "export.bench_face_archs", "--help"], cwd=REPO, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0 and "face_arch_bench.json" in r.stdout
+
+
+def test_face_arch_layouts():
+    from export.bench_face_archs import layout
+    paper = layout("16,32,32,64,64,128")
+    first = layout("pool-first:16,32,32,64,64,128")
+    assert paper[:2] == (("conv", 16), ("pool", 2)) and first[:2] == (("pool", 2), ("conv", 16))
+    assert first[2:] == paper[2:] and sorted(first) == sorted(paper)        # still 6 conv + 3 pool
+    with pytest.raises(argparse.ArgumentTypeError, match="six"):
+        layout("pool-first:16,32")
+
+
+def test_bench_face_archs_bad_input_names_it(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "export.bench_face_archs", "--fused", str(tmp_path / "none.keras")],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "none.keras" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "export.bench_face_archs", "--widths", "pool-first:16,x"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "16,x" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_conv_ceiling_help():
