@@ -221,6 +221,23 @@ def test_an_ensemble_row_shows_what_each_added_seed_bought_and_the_soft_vote():
     assert "**Seeds.**" not in speech_markdown(_headline(now), [dict(_row("recipe", 0.686, now), **four)], "")
 
 
+def test_of_two_ensembles_with_as_many_seeds_the_current_recipes_leads():
+    from training.speech_cv import largest_ensemble
+    now = SpeechRecipe()
+    four = dict(folds=[0, 1, 2, 3], mean_patch_accuracy=0.57, cv_minutes=61.0)
+    old = dict(_row("ensemble-2", 0.70, now.replace(seeds=(0, 1), weight_ema=0.0)), **four,   # an earlier recipe's
+               mean_clip_accuracy_first_seeds=[0.686, 0.70])
+    new = dict(_row("refit-ensemble-2", 0.72, now.replace(seeds=(0, 1), refit=True)), **four,
+               mean_clip_accuracy_first_seeds=[0.71, 0.72])
+    for rows in ([old, new], [new, old]):
+        assert largest_ensemble(rows)["name"] == "refit-ensemble-2"
+    assert largest_ensemble([old])["name"] == "ensemble-2"
+    md = speech_markdown(_headline(now), [dict(_row("recipe", 0.69, now), **four), old, new], "")
+    seeds = next(ln for ln in md.splitlines() if ln.startswith("- **Seeds.**"))
+    assert "(`refit-ensemble-2`, all four folds)" in seeds and "k = 1: 71.00%, 2: 72.00%" in seeds
+    assert "-3.0 vs. a 2-seed ensemble of refitted runs (3.5x" in md
+
+
 def test_an_ensemble_inside_the_time_budget_is_named_beside_the_largest_one():
     now = SpeechRecipe()
     four = dict(folds=[0, 1, 2, 3], mean_patch_accuracy=0.57)
