@@ -48,22 +48,26 @@ def layout(spec: str) -> tuple[tuple[str, int], ...]:
     return paper_layout(spec)
 
 
-def row_info(spec: str, face) -> dict:
-    return {"widths": [int(v) for v in spec.removeprefix(POOL_FIRST).split(",")],
-            "layout": "pool-first" if spec.startswith(POOL_FIRST) else "paper", "params": int(face.count_params())}
+def random_face(spec: str, p) -> tuple:
+    """The face CNN of ``spec`` with seeded random weights, and its report fields (widths, layout, params)."""
+    import keras
+
+    from training.face import FaceRecipe, build_face_model
+    lay = layout(spec)
+    keras.utils.set_random_seed(0)
+    face = build_face_model(FaceRecipe().replace(layers=lay), p)
+    return face, {"widths": [v for kind, v in lay if kind == "conv"],
+                  "layout": "pool-first" if spec.startswith(POOL_FIRST) else "paper", "params": int(face.count_params())}
 
 
 def build(widths: str, p) -> dict:
     """The face CNN of ``widths`` (random weights) as an int8 interpreter and a compiled Keras call, ready to time."""
-    import keras
     import tensorflow as tf
 
     from export.bench import graph_macs, ready_interpreter
     from export.convert import fixed_batch, int8_random_calibration
-    from training.face import FaceRecipe, build_face_model
-    keras.utils.set_random_seed(0)
     n = p.faces_per_patch
-    face = build_face_model(FaceRecipe().replace(layers=layout(widths)), p)
+    face, info = random_face(widths, p)
     model = fixed_batch(face, (n, p.face_size, p.face_size, 1))
     rng = np.random.default_rng(0)
     x = rng.random((n, p.face_size, p.face_size, 1)).astype(np.float32)
@@ -73,21 +77,18 @@ def build(widths: str, p) -> dict:
         it = ready_interpreter(f)
         macs = graph_macs(f)
     fn = tf.function(lambda a: model(a, training=False))
-    return row_info(widths, face) | {"macs_5_faces": int(macs), "int8": it.invoke, "keras": lambda: fn(x).numpy()}
+    return info | {"macs_5_faces": int(macs), "int8": it.invoke, "keras": lambda: fn(x).numpy()}
 
 
 def build_fused(widths: str, trained, p, work: Path) -> dict:
     """The three-head graph of ``trained`` with its face CNN replaced by one of ``widths`` (random weights), at
     batch 1: an int8 interpreter (random calibration) and the compiled Keras call, as edge-bench times them."""
-    import keras
     import tensorflow as tf
 
     from export.bench import graph_macs, ready_interpreter
     from export.convert import to_saved_model, to_tflite_int8
-    from training.face import FaceRecipe, build_face_model
     from training.ship import build_shipped_model, shipped_parts
-    keras.utils.set_random_seed(0)
-    face = build_face_model(FaceRecipe().replace(layers=layout(widths)), p)
+    face, info = random_face(widths, p)
     model = build_shipped_model(**(shipped_parts(trained) | {"face_model": face}), p=p, batch_size=1,
                                 name="av_emotion")
     rng = np.random.default_rng(0)
@@ -101,8 +102,8 @@ def build_fused(widths: str, trained, p, work: Path) -> dict:
     it = ready_interpreter(f)
     x = {k: tf.constant(v) for k, v in inputs().items()}
     fn = tf.function(lambda a, b: model({"log_mel": a, "faces": b}, training=False))
-    return row_info(widths, face) | {"macs_decision": int(graph_macs(f)), "int8": it.invoke,
-                                     "keras": lambda: fn(x["log_mel"], x["faces"])}
+    return info | {"macs_decision": int(graph_macs(f)), "int8": it.invoke,
+                   "keras": lambda: fn(x["log_mel"], x["faces"])}
 
 
 def measure(models: list[dict], runs: int, rounds: int = 3) -> list[dict]:
