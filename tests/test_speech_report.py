@@ -137,7 +137,7 @@ def _paired(recipe: SpeechRecipe, name: str, row_name: str, headline: float, row
 
 
 def test_a_snapshot_ensemble_shows_the_best_epoch_alone():
-    md, line = _paired(SpeechRecipe(snapshots=3), "best_epoch", "snapshots-3", 0.58, (0.61, 0.59),
+    md, line = _paired(SpeechRecipe(snapshots=3, refit=False), "best_epoch", "snapshots-3", 0.58, (0.61, 0.59),
                        snapshot_epochs=[[12, 9, 15]])
     assert "3 best validation epochs" in md and "[12, 9, 15]" in md and "scores **58.00%** (folds 58.0)" in md
     assert "61.00% (59.00% from each run's best epoch alone)" in line
@@ -225,17 +225,33 @@ def test_of_two_ensembles_with_as_many_seeds_the_current_recipes_leads():
     from training.speech_cv import largest_ensemble
     now = SpeechRecipe()
     four = dict(folds=[0, 1, 2, 3], mean_patch_accuracy=0.57, cv_minutes=61.0)
-    old = dict(_row("ensemble-2", 0.70, now.replace(seeds=(0, 1), weight_ema=0.0)), **four,   # an earlier recipe's
-               mean_clip_accuracy_first_seeds=[0.686, 0.70])
-    new = dict(_row("refit-ensemble-2", 0.72, now.replace(seeds=(0, 1), refit=True)), **four,
-               mean_clip_accuracy_first_seeds=[0.71, 0.72])
+    old = dict(_row("no-refit-ensemble-2", 0.70, now.replace(seeds=(0, 1), refit=False, epochs=30, patience=10)),
+               **four, mean_clip_accuracy_first_seeds=[0.686, 0.70])                      # an earlier recipe's
+    new = dict(_row("ensemble-2", 0.72, now.replace(seeds=(0, 1))), **four, mean_clip_accuracy_first_seeds=[0.71, 0.72])
     for rows in ([old, new], [new, old]):
-        assert largest_ensemble(rows)["name"] == "refit-ensemble-2"
-    assert largest_ensemble([old])["name"] == "ensemble-2"
+        assert largest_ensemble(rows)["name"] == "ensemble-2"
+    assert largest_ensemble([old])["name"] == "no-refit-ensemble-2"
     md = speech_markdown(_headline(now), [dict(_row("recipe", 0.69, now), **four), old, new], "")
     seeds = next(ln for ln in md.splitlines() if ln.startswith("- **Seeds.**"))
-    assert "(`refit-ensemble-2`, all four folds)" in seeds and "k = 1: 71.00%, 2: 72.00%" in seeds
-    assert "-3.0 vs. a 2-seed ensemble of refitted runs (3.5x" in md
+    assert "(`ensemble-2`, all four folds)" in seeds and "k = 1: 71.00%, 2: 72.00%" in seeds
+    assert "-3.0 vs. a 2-seed ensemble (2x the training time)" in md
+    assert "-1.0 vs. a 2-seed ensemble without refitting (the recipe before it)" in md
+
+
+def test_a_lever_measured_before_it_joined_the_recipe_keeps_its_old_base():
+    """The 2-fold refit row ran when the recipe did not refit: its base is that recipe (LEVER_BASE), not the
+    current one, which the row itself now equals in the lever's fields."""
+    now = SpeechRecipe()                                   # refit after a 20-epoch selection run
+    before = now.replace(refit=False, epochs=30, patience=10, weight_ema=0.0)
+    rows = [_row("recipe", 0.69, before), _row("refit", 0.70, before.replace(refit=True)),
+            _row("no-test-speeds", 0.65, now.replace(test_speeds=()))]
+    cur = dataclasses.asdict(now)
+    differs, base = ablation_base(rows[1], rows, cur)
+    assert base is rows[0] and differs == {"refit": False, "epochs": 30, "patience": 10, "weight_ema": 0.0}
+    md = speech_markdown(_headline(now), rows, "edge-train speech")
+    assert "| refit | refit | recipe with epochs=30, patience=10, refit=False, weight_ema=0.0 |" in md
+    assert "-1.0 vs. refitting on the validation actors" in md
+    assert ablation_base(rows[2], rows, cur) == ({}, None)              # its base (the recipe now) was not run
 
 
 def test_an_ensemble_inside_the_time_budget_is_named_beside_the_largest_one():
@@ -275,7 +291,7 @@ def test_the_actors_finding_names_the_spread_and_the_two_sexes():
     r["speaker_dependent"] = {"mean_clip_accuracy": 0.8, "fold_clip_accuracy": [0.8], "protocol": "sd",
                               "mean_clip_accuracy_male": 0.75, "mean_clip_accuracy_female": 0.85}
     (line,) = [ln for ln in limits(r, []) if "**Actors.**" in ln]
-    assert "the gap is still 10.0 of these 27.5 points (male 75.0%, female 85.0%): most of it comes with " \
+    assert "the gap is 10.0 of these 27.5 points (male 75.0%, female 85.0%): most of it comes with " \
            "generalising to new speakers." in line
 
 

@@ -15,7 +15,8 @@ def reduced_run(ravdess_speech, yamnet_tflite, tmp_path_factory):
     from training.speech_cv import prepare, run_cv
     recipe = SpeechRecipe(epochs=8, patches_per_clip=3, val_actors=2, patience=8, train_hop_frames=16,
                           test_speeds=(0.9, 1.1, 0.95),   # test-time augmentation (0.95x test-only): paired figure too
-                          snapshots=3)                    # a snapshot ensemble, the best epoch alone paired
+                          snapshots=3, refit=False)       # a snapshot ensemble (not with the refit, tested below),
+    #                                                               the best epoch alone paired
     cache = tmp_path_factory.mktemp("cache")
     prep = prepare(ravdess_speech, str(yamnet_tflite), recipe, Params(), cache=cache, progress=False)
     return prep, run_cv(prep, recipe, Params(), folds=[0], progress=False)
@@ -375,6 +376,27 @@ def test_training_without_selection_ends_with_the_weight_average():
     fit_epochs(plain, plain, iter(data), r.replace(weight_ema=0.0))
     for got, b in zip(plain.get_weights(), steps[1], strict=True):
         np.testing.assert_allclose(got, b, rtol=1e-4, atol=1e-5)
+
+
+def test_refit_trains_the_validation_actors_too_and_never_the_test_actors():
+    """With refit the tested model is a fresh one trained on all 18 training actors (the 4 validation actors only
+    chose its epoch count); without it, on the 14 fit actors. Test actors train in neither."""
+    from training.speech import PatchSet, train_fold
+    rng = np.random.default_rng(0)
+    clip_actor = np.repeat(np.arange(1, 25), 2)                            # 24 actors, 2 clips each
+    clip = np.repeat(np.arange(len(clip_actor)), 2)
+    ps = PatchSet(rng.normal(size=(len(clip), 24, 16, 64)).astype(np.float16), clip, np.zeros(len(clip), int))
+    labels = np.arange(len(clip_actor)) % 8
+    test = [1, 2, 3, 4, 5, 6]
+    r = _tiny(epochs=2, patience=2, speed_perturb=(), test_speeds=())
+    assert r.refit                                                         # the recipe refits
+    out = train_fold(ps, ps, labels, clip_actor, test, r, progress=False)
+    assert out["trained_actors"] == list(range(7, 25)) and len(out["val_actors"]) == 4
+    assert 1 <= out["best_epoch"] <= 2 and out["probs"].shape == (len(test) * 4, 8)
+    plain = train_fold(ps, ps, labels, clip_actor, test, r.replace(refit=False), progress=False)
+    assert plain["trained_actors"] == [a for a in range(7, 25) if a not in plain["val_actors"]]
+    with pytest.raises(ValueError, match="refit=false"):
+        r.replace(snapshots=3)
 
 
 def test_stretch_frames_restores_a_speed_copys_duration():

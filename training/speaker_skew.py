@@ -350,8 +350,8 @@ def main(argv: list[str] | None = None) -> int:
             _save_checkpoint(f, done)
         log.info("fold %d: %s", fi, json.dumps(done["alphas"]))
         folds.append(done)
-    res = summarise(folds, r, args.draws, "python -m training.speaker_skew " + " ".join(sys.argv[1:] if argv is None
-                                                                                      else argv))
+    res = summarise(folds, r, args.draws, " ".join(["python -m training.speaker_skew",
+                                                    *(sys.argv[1:] if argv is None else argv)]))
     have = out / f"{REPORT}.json"
     if args.recipe == "ship":                  # beside the research recipe's figures, which stay on top
         if not have.is_file():

@@ -298,7 +298,9 @@ def run_cv(prep: dict, recipe: SpeechRecipe, p: Params = Params(), folds: list[i
     from training.speech import build_head
     result = {
         "protocol": "actor-independent 4-fold CV (6 test actors a fold: 3 male + 3 female); model selection "
-                    "on validation actors held out of the training actors; clip = majority vote of patches",
+                    "on validation actors held out of the training actors"
+                    + ("; the tested model then retrained on all training actors for the selected epoch count"
+                       if recipe.refit and recipe.val_actors else "") + "; clip = majority vote of patches",
         "folds": fold_results,
         "mean_clip_accuracy": float(np.mean(accs)), "std_clip_accuracy": float(np.std(accs)),
         "mean_patch_accuracy": float(np.mean([f["patch_accuracy"] for f in fold_results])),
@@ -337,7 +339,7 @@ def speaker_dependent(prep: dict, recipe: SpeechRecipe, p: Params = Params(), n_
         Standardizer,
         build_head,
         clip_accuracy,
-        fit_epoch,
+        fit_epochs,
         head_trainer,
         make_epoch,
         prefetched,
@@ -365,9 +367,8 @@ def speaker_dependent(prep: dict, recipe: SpeechRecipe, p: Params = Params(), n_
         model = build_head(recipe, p)
         trainer = head_trainer(model, recipe, len(np.unique(clip_actor[train])), p)
         erng = np.random.default_rng(k)
-        for epoch, (x, y) in enumerate(prefetched(recipe.epochs, make_epoch, prep["train_ps"], train, labels, std,
-                                                  clip_actor, recipe, erng, p.num_classes)):
-            fit_epoch(trainer, x, y, recipe, epoch, p)
+        fit_epochs(trainer, model, prefetched(recipe.epochs, make_epoch, prep["train_ps"], train, labels, std,
+                                              clip_actor, recipe, erng, p.num_classes), recipe, p)
         acc, _, ids, pred, _ = clip_accuracy(model, prep["test_ps"], with_test_copies(test, clip_actor, recipe),
                                              labels, std, clip_actor, recipe.speaker_bn)
         right, odd = pred == labels[ids], clip_actor[ids] % 2 == 1       # RAVDESS: odd actors male
@@ -426,7 +427,8 @@ ABLATION = (
     ("recipe", "the chosen recipe (per-actor log-mel + feature norm, SpecAugment, mixup, 0.08 s crops, label "
                "smoothing 0.1, speed perturbation 0.9/1.1, test clips also voted at six speeds 0.85x-1.15x)", dict()),
     ("test-hop-0.24", "recipe, patches every 0.24 s at test (more votes)", dict(test_hop_frames=24)),
-    ("refit", "recipe, then retrain on all 18 training actors for the selected epoch count", dict(refit=True)),
+    ("refit", "recipe, then retrain on all 18 training actors for the selected epoch count (measured before "
+              "it joined the recipe, against the recipe of its time)", dict(refit=True)),
     ("ensemble-3", "recipe, 3 seeds (different validation actors and initialisations), probabilities averaged",
      dict(seeds=(0, 1, 2))),
     ("ensemble-5", "recipe, 5 seeds (as ensemble-3, two more), probabilities averaged", dict(seeds=(0, 1, 2, 3, 4))),
@@ -456,7 +458,8 @@ ABLATION = (
     ("select-with-copies", "recipe, model selection voting the validation clips with their 0.9x/1.1x copies, as the "
                            "test clips are voted", dict(select_with_test_speeds=True)),
     ("snapshots-3", "recipe, test patches get the mean probabilities of the models of each run's 3 best validation "
-                    "epochs (a snapshot ensemble: one training run)", dict(snapshots=3)),
+                    "epochs (a snapshot ensemble: one training run; not with the refit, which tests one retrained model)",
+     dict(snapshots=3, refit=False)),
     ("speaker-bn", "recipe, test speakers predicted with BatchNorm statistics of their own patches (AdaBN)",
      dict(speaker_bn=True)),
     ("speaker-adversary-0.3", "recipe + a speaker classifier on the attention context trained through a gradient "
@@ -499,14 +502,25 @@ ABLATION = (
      dict(weight_ema=0.0, seeds=(1,))),
     ("ensemble-2", "recipe, 2 seeds (0 and 1: the recipe's and seed-1's runs), probabilities averaged",
      dict(seeds=(0, 1))),
-    ("refit-seed-1", "refit with seed 1: the lever again on another seed, against the seed-1 row",
-     dict(refit=True, seeds=(1,))),
-    ("refit-20ep", "refit with the selection run capped at 20 epochs (patience 5): a refit sized for the 30-minute "
-                   "budget", dict(refit=True, epochs=20, patience=5)),
-    ("refit-20ep-seed-1", "refit-20ep with seed 1, against the seed-1 row",
-     dict(refit=True, epochs=20, patience=5, seeds=(1,))),
-    ("refit-ensemble-2", "refit, 2 seeds (0 and 1: refit's and refit-seed-1's runs), probabilities averaged",
-     dict(refit=True, seeds=(0, 1))),
+    ("no-refit", "recipe without the refit: the selection run's model tested, its run up to 30 epochs (patience "
+                 "10) (the recipe until refitting joined it)", dict(refit=False, epochs=30, patience=10)),
+    ("no-refit-seed-1", "no-refit with seed 1: the lever again on another seed, against the seed-1 row",
+     dict(refit=False, epochs=30, patience=10, seeds=(1,))),
+    ("no-refit-ensemble-2", "no-refit, 2 seeds (0 and 1: no-refit's and no-refit-seed-1's runs), probabilities "
+                            "averaged", dict(refit=False, epochs=30, patience=10, seeds=(0, 1))),
+    ("refit-30ep", "recipe with a selection run of up to 30 epochs (patience 10) before the refit, instead of 20 "
+                   "(5): over the 30-minute budget", dict(epochs=30, patience=10)),
+    ("refit-30ep-seed-1", "refit-30ep with seed 1, against the seed-1 row", dict(epochs=30, patience=10, seeds=(1,))),
+    ("refit-30ep-ensemble-2", "refit-30ep, 2 seeds (0 and 1: refit-30ep's and refit-30ep-seed-1's runs), "
+                              "probabilities averaged", dict(epochs=30, patience=10, seeds=(0, 1))),
+    ("fixed-12ep", "recipe without a selection run: one model trains on all 18 training actors for 12 epochs (the "
+                   "median of the 8 epoch counts the validation actors chose in the recipe's runs, seeds 0 and 1) "
+                   "and is tested", dict(val_actors=0, epochs=12)),
+    ("fixed-12ep-ensemble-2", "fixed-12ep, 2 seeds, probabilities averaged: about the recipe's training time",
+     dict(val_actors=0, epochs=12, seeds=(0, 1))),
+    ("weight-ema-0.998", "recipe with a longer weight average (momentum 0.998 a batch, about 3.3 epochs, instead of "
+                         "0.995): the refit tests its last epoch's average, which no selection guards",
+     dict(weight_ema=0.998)),
     ("seed-1", "the recipe with seed 1 (validation actors, initialisation and every draw) instead of 0: not a "
                "lever, a measure of run-to-run noise", dict(seeds=(1,))),
     ("test-speeds-2", "recipe, test clips voted with their 0.9x/1.1x copies only (the training speeds; the recipe "
@@ -516,9 +530,13 @@ ABLATION = (
 )
 
 
-# overrides of a row that its base keeps: the row repeats a lever on another seed, against that seed's row
-KEPT_IN_BASE = {"no-weight-ema-seed-1": ("seeds",), "refit-seed-1": ("seeds",),
-                "refit-20ep-seed-1": ("seeds",)}
+# overrides of a row that its base keeps: the row repeats a lever on another seed, against that seed's row (or
+# the lever cannot run without the override)
+KEPT_IN_BASE = {"no-weight-ema-seed-1": ("seeds",), "no-refit-seed-1": ("seeds",), "refit-30ep-seed-1": ("seeds",),
+                "snapshots-3": ("refit",)}       # a snapshot ensemble needs the refit off: so does its base
+# rows of a lever measured before it joined the recipe (their rows now read as the recipe): the base they were
+# measured against had these values, not the current recipe's
+LEVER_BASE = {"refit": dict(refit=False, epochs=30, patience=10)}
 
 
 def recipe_as_run(stored: dict) -> dict:
@@ -548,7 +566,8 @@ def ablation_base(row: dict, rows: list[dict], current: dict) -> tuple[dict, dic
         return {}, None
     have = recipe_as_run(row["recipe"])
     cur = recipe_as_run(current)
-    base = {**have, **{k: cur[k] for k in over if k not in KEPT_IN_BASE.get(row["name"], ())}}
+    base = {**have, **{k: cur[k] for k in over if k not in KEPT_IN_BASE.get(row["name"], ())},
+            **as_json(LEVER_BASE.get(row["name"], {}))}
     differs = recipe_changes(cur, base)
     match = next((b for b in rows if b["name"] != row["name"] and b["folds"] == row["folds"]
                   and recipe_as_run(b["recipe"]) == base), None)
@@ -618,7 +637,7 @@ def _actors_finding(r: dict, ablation: list[dict] = ()) -> list[str]:
     if "mean_clip_accuracy_male" in sd:
         gap = sexes["mean_clip_accuracy_female"] - sexes["mean_clip_accuracy_male"]
         sd_gap = sd["mean_clip_accuracy_female"] - sd["mean_clip_accuracy_male"]
-        text += (f" With the test actors also in training (the speaker-dependent split) the gap is still "
+        text += (f" With the test actors also in training (the speaker-dependent split) the gap is "
                  f"{100 * sd_gap:.1f} of these {100 * gap:.1f} points (male {100 * sd['mean_clip_accuracy_male']:.1f}%, "
                  f"female {100 * sd['mean_clip_accuracy_female']:.1f}%): "
                  + ("most of it comes with the actors' clips, not with generalising to new speakers."
@@ -941,10 +960,11 @@ def limits(r: dict, ablation: list[dict], skew: dict | None = None) -> list[str]
 
 def largest_ensemble(ablation: list[dict]) -> dict | None:
     """The four-fold ablation row averaging the most seeds (None before any was measured); of rows with as many
-    seeds, one of the current recipe."""
+    seeds, one of the current recipe (differing from it in the seeds alone)."""
     rows = [a for a in four_fold_rows(ablation) if len(a.get("mean_clip_accuracy_first_seeds", [])) > 1]
-    return max(rows, key=lambda a: (len(a["mean_clip_accuracy_first_seeds"]), base_label(a, ablation) == "recipe"),
-               default=None)
+    cur = current_recipe()
+    return max(rows, key=lambda a: (len(a["mean_clip_accuracy_first_seeds"]),
+                                    set(recipe_changes(cur, a["recipe"])) <= {"seeds"}), default=None)
 
 
 def _seeds_finding(ablation: list[dict]) -> list[str]:
@@ -1029,10 +1049,15 @@ LEVER_TEXT = {
     "no-weight-ema": "from the moving average of the weights (Polyak)",
     "no-weight-ema-seed-1": "from the moving average of the weights with seed 1 (against the seed-1 row)",
     "ensemble-2": "vs. a 2-seed ensemble (2x the training time)",
-    "refit-seed-1": "vs. refitting on the validation actors with seed 1 (against the seed-1 row)",
-    "refit-20ep": "vs. refitting after a selection run capped at 20 epochs (patience 5)",
-    "refit-20ep-seed-1": "vs. refitting after a selection run capped at 20 epochs, seed 1 (against the seed-1 row)",
-    "refit-ensemble-2": "vs. a 2-seed ensemble of refitted runs (3.5x the training time)",
+    "no-refit": "from refitting on all 18 training actors (the recipe before it: no refit, 30-epoch selection)",
+    "no-refit-seed-1": "from refitting with seed 1 (against the seed-1 row)",
+    "no-refit-ensemble-2": "vs. a 2-seed ensemble without refitting (the recipe before it)",
+    "refit-30ep": "vs. a 30-epoch selection run (patience 10) before the refit",
+    "refit-30ep-seed-1": "vs. a 30-epoch selection run before the refit, seed 1 (against the seed-1 row)",
+    "refit-30ep-ensemble-2": "vs. a 2-seed ensemble of refits after 30-epoch selection runs",
+    "fixed-12ep": "vs. 12 fixed epochs on all 18 training actors, no selection run",
+    "fixed-12ep-ensemble-2": "vs. a 2-seed ensemble of fixed 12-epoch runs",
+    "weight-ema-0.998": "vs. a longer weight average (momentum 0.998)",
 }
 
 
