@@ -121,7 +121,7 @@ def test_an_interrupted_cv_resumes_after_its_last_finished_fold(tmp_path, monkey
 
     monkeypatch.setattr(cv, "_run_fold", fake_fold)
     # folds without the paired figure; every lever added after checkpoints existed at its off value
-    recipe = SpeechRecipe(epochs=3, test_speeds=(), weight_ema=0.0)
+    recipe = SpeechRecipe(epochs=3, test_speeds=(), weight_ema=0.0, refit=False)   # snapshots turn on below
     with pytest.raises(KeyboardInterrupt):
         cv.run_cv(prep, recipe, Params(), folds=[0, 2], checkpoints=tmp_path)
     res = cv.run_cv(prep, recipe, Params(), folds=[0, 2], checkpoints=tmp_path)
@@ -469,7 +469,7 @@ def test_self_training_labels_only_the_fit_clips_and_the_guessed_ones():
     with pytest.raises(ValueError, match="no label"):                    # a clip without a label cannot train
         make_epoch(ps, np.array([2]), train_labels, None, clip_actor, r, np.random.default_rng(0), 8)
     with pytest.raises(ValueError, match="self_train"):
-        SpeechRecipe(self_train=0.5, snapshots=3)
+        SpeechRecipe(self_train=0.5, snapshots=3, refit=False)
 
 
 def test_longer_patches_reach_the_head_and_short_clips_are_padded(yamnet_weights):
