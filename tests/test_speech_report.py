@@ -324,3 +324,23 @@ def test_one_sided_speakers_are_a_finding_when_speaker_skew_was_run():
     md = speech_markdown(r, [], "", skew)
     assert "**Balanced speakers.**" in md and "Dirichlet(0.3), 15 clips per actor" in md
     assert "score 60.0% against 69.0% with all-clip statistics" in md and "(speaker_skew.md)" in md
+
+
+def test_a_row_timed_on_another_cpu_says_so_in_its_minutes():
+    now = SpeechRecipe()
+    slow = {**_row("no-test-speeds", 0.64, now.replace(test_speeds=())),
+            "machine": {"cpu_count": 2, "cpu": "AMD EPYC", "cpu_features": "family 25 model 1, AVX2"}}
+    same = {**_row("recipe", 0.66, now), "machine": {"cpu_count": 2, "cpu": "AMD EPYC",
+                                                     "cpu_features": "family 26 model 2, AVX-512"}}
+    head = {**_headline(now), "machine": same["machine"]}
+    md = speech_markdown(head, [same, slow], "")
+    row = next(ln for ln in md.splitlines() if ln.startswith("| no-test-speeds"))
+    assert row.endswith("| 1.0 (AMD EPYC family 25 model 1, AVX2, not the recipe run's CPU) |")
+    row = next(ln for ln in md.splitlines() if ln.startswith("| recipe"))
+    assert row.endswith("| 1.0 |")
+
+
+def test_cpu_features_name_the_family_and_vector_width():
+    from edge.machine import cpu_features
+    f = cpu_features()
+    assert f == "" or (f.startswith("family ") and f.split(", ")[-1] in ("AVX-512", "AVX2", "AVX", "no AVX"))

@@ -529,3 +529,66 @@ def test_a_fold_votes_test_copies_for_their_recorded_clip_in_every_paired_figure
     assert fold["clip_accuracy_actor_centred"] == float(np.mean(c_vote == labels[c_ids]))
     assert fold["clip_accuracy_actor_centred_scores"] == float(np.mean(c_scores == labels[c_ids]))
     assert set(fold["actor_centring_skew"]) == {"5", "1", "0.3"}
+
+
+def test_attentive_statistics_pooling_gives_the_weighted_mean_and_variance_of_the_steps():
+    import keras
+
+    from training.speech import SpeechRecipe, build_head
+    head = build_head(SpeechRecipe(pooling="attention_stats", conv_filters=(8, 8), lstm_units=8, attention_units=8))
+    x = np.random.default_rng(0).normal(size=(3, 24, 16, 64)).astype(np.float32)
+    h, a, z = keras.Model(head.input, [head.get_layer("speech_bilstm").output, head.get_layer("speech_att_weights").output,
+                                       head.get_layer("speech_embedding").output]).predict(x, verbose=0)
+    mean = np.einsum("bt,btc->bc", a, h)
+    var = np.einsum("bt,btc->bc", a, (h - mean[:, None]) ** 2)
+    assert z.shape == (3, 32) and var.max() > 1e-4         # 2 x (2 x 8): mean and variance of a 16-wide BiLSTM
+    np.testing.assert_allclose(z[:, :16], mean, atol=1e-6)
+    np.testing.assert_allclose(z[:, 16:], var, atol=1e-5)
+    with pytest.raises(ValueError, match="pooling 'max'"):
+        SpeechRecipe(pooling="max")
+
+
+def test_freq_pool_2_keeps_8_frequency_bins_for_the_bilstm():
+    from training.speech import SpeechRecipe, build_head
+    r = SpeechRecipe(conv_filters=(8, 8), lstm_units=8, attention_units=8)
+    assert build_head(r).get_layer("speech_to_sequence").output.shape[1:] == (12, 4 * 8)
+    assert build_head(r.replace(freq_pool=2)).get_layer("speech_to_sequence").output.shape[1:] == (12, 8 * 8)
+    with pytest.raises(ValueError, match="freq_pool 3"):
+        r.replace(freq_pool=3)
+
+
+def test_the_intensity_task_learns_each_crops_clip_intensity_beside_its_emotion():
+    """aux_intensity: every crop carries its clip's intensity (mixed up with the emotion, same draws as without);
+    the trainer fits both softmaxes on the shared embedding, and the head alone predicts the 8 emotions."""
+    import keras
+
+    from training.speech import PatchSet, Standardizer, build_head, fit_epoch, head_trainer, make_epoch
+    n = 48
+    clip_actor = np.repeat(np.arange(1, 5), n // 4)
+    clip = np.repeat(np.arange(n), 3)
+    rng = np.random.default_rng(0)
+    ps = PatchSet(rng.normal(size=(len(clip), 24, 16, 64)).astype(np.float16), clip, np.zeros(len(clip), int))
+    labels = np.arange(n) % 8
+    intensity = (labels >= 4).astype(int)          # a clip's intensity readable from its label, to check the crops
+    train = np.arange(n)
+    std = Standardizer.fit(ps, clip_actor, train, "global")
+    r = _tiny(aux_intensity=0.5, mixup_alpha=0.0)
+    x, (y, s) = make_epoch(ps, train, labels, std, clip_actor, r, np.random.default_rng(1), 8, intensity)
+    x0, y0 = make_epoch(ps, train, labels, std, clip_actor, r.replace(aux_intensity=0.0), np.random.default_rng(1), 8)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(y, y0)
+    assert s.shape == (len(x), 2)
+    np.testing.assert_array_equal(s.argmax(1), y.argmax(1) >= 4)
+    with pytest.raises(ValueError, match="intensities are needed"):
+        make_epoch(ps, train, labels, std, clip_actor, r, np.random.default_rng(1), 8)
+    keras.utils.set_random_seed(0)
+    head = build_head(r)
+    trainer = head_trainer(head, r, 4)
+    before = [w.copy() for w in head.get_weights()]
+    losses = fit_epoch(trainer, x, (y, s), r, 0)
+    assert all(np.isfinite(v) for v in losses.values())
+    assert trainer.get_layer("intensity_probs").output.shape[-1] == 2
+    assert any(np.abs(a - b).max() > 0 for a, b in zip(before, head.get_weights(), strict=True))
+    assert head.predict(x, verbose=0).shape == (len(x), 8)
+    with pytest.raises(ValueError, match="aux_intensity"):
+        r.replace(speaker_adversary=0.1)

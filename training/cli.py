@@ -114,7 +114,8 @@ def run_ablation(args, recipe, p, out: Path, folds, cache, progress) -> int:
                                     "fold_clip_accuracy": [f["clip_accuracy"] for f in res["folds"]],
                                     "mean_patch_accuracy": res["mean_patch_accuracy"],
                                     "minutes": (time.time() - t) / 60,
-                                    "cv_minutes": res["cv_minutes"]}   # the folds' own time (resumed ones too)
+                                    "cv_minutes": res["cv_minutes"],   # the folds' own time (resumed ones too)
+                                    "machine": res["machine"]}
         # the paired figures: the same models voted another way (recorded clips alone, without snapshots, ...)
         row.update({k: v for k, v in res.items() if k.startswith("mean_clip_accuracy_")})
         if r.test_speeds:

@@ -112,6 +112,19 @@ class SpeechRecipe:
     # 68.61% without it (seed 0; folds +1.1, -0.8, +1.4, +0.6) and 69.51% against 67.50% (seed 1; -1.4, +3.6, +2.5,
     # +3.3) (reports/speech.md)
     weight_ema: float = 0.995
+    # what the attention pools from the BiLSTM's steps into ``speech_embedding``: "attention" (the weighted mean,
+    # 2 x lstm_units) or "attention_stats" (attentive statistics pooling, Okabe et al. 2018: the weighted mean and the
+    # weighted variance of the steps side by side, 4 x lstm_units: how much a patch's frames vary, not only their
+    # average). The variance is taken without a square root, so the head keeps to ops that quantise to int8
+    pooling: str = "attention"
+    # how much the two head convs pool activation_3's 16 frequency bins in all: 4 (16 -> 4 bins, the BiLSTM sees 256
+    # features a step) or 2 (16 -> 8: the first conv pools time only, 512 features a step, more of the spectral
+    # detail YAMNet's trunk keeps)
+    freq_pool: int = 4
+    # > 0: multi-task training. A second softmax on ``speech_embedding`` learns each clip's RAVDESS intensity (normal
+    # or strong, from its file name), its cross-entropy weighted by this beside the emotion's: the embedding has to
+    # carry how strongly an emotion is acted. Training only: the tested and exported head is the emotion head alone
+    aux_intensity: float = 0.0
 
     def __post_init__(self):
         bad = [v for v in self.speed_perturb + self.pitch_perturb + self.test_speeds if not 0.5 <= v <= 2.0 or v == 1.0]
@@ -135,6 +148,13 @@ class SpeechRecipe:
             raise ValueError(f"pitch_norm {self.pitch_norm}: expected an exponent in [0, 1] (0: off)")
         if not 0 <= self.weight_ema < 1:
             raise ValueError(f"weight_ema {self.weight_ema}: expected a momentum in [0, 1) (0: off)")
+        if self.aux_intensity < 0 or (self.aux_intensity and (self.speaker_adversary or self.self_train)):
+            raise ValueError(f"aux_intensity {self.aux_intensity}: expected a loss weight >= 0 (0: off), and not "
+                             "beside speaker_adversary or self_train (whose clips have no intensity to learn)")
+        if self.pooling not in ("attention", "attention_stats"):
+            raise ValueError(f"pooling {self.pooling!r}: expected 'attention' or 'attention_stats'")
+        if self.freq_pool not in (2, 4):
+            raise ValueError(f"freq_pool {self.freq_pool}: expected 4 (16 -> 4 frequency bins) or 2 (16 -> 8)")
         if self.lr_decay not in ("none", "cosine"):
             raise ValueError(f"lr_decay {self.lr_decay!r}: expected 'none' or 'cosine'")
 
@@ -157,29 +177,37 @@ class SpeechRecipe:
 def build_head(recipe: SpeechRecipe, p: Params = Params(), name: str = "speech_head"):
     """(None, 24, 16, 64) standardized activation_3 -> (None, 8) probabilities.
 
-    The layer ``speech_embedding`` (attention context, 2 x lstm_units) is the hidden layer
-    the fusion model concatenates with the face branch.
+    The layer ``speech_embedding`` (attention context, 2 x lstm_units; 4 x with attentive statistics pooling) is
+    the hidden layer the fusion model concatenates with the face branch.
     """
     import keras
     from keras import layers as L
     reg = keras.regularizers.l2(recipe.l2) if recipe.l2 else None
     x_in = keras.Input((recipe.patch_frames // 4, 16, 64), name="activation_3")
     x = x_in
-    for i, (f, pool) in enumerate(zip(recipe.conv_filters, ((2, 2), (1, 2)), strict=True)):
+    pools = ((2, 2), (1, 2)) if recipe.freq_pool == 4 else ((2, 1), (1, 2))
+    for i, (f, pool) in enumerate(zip(recipe.conv_filters, pools, strict=True)):
         x = L.Conv2D(f, 3, padding="same", use_bias=False, kernel_regularizer=reg, name=f"speech_conv{i + 1}")(x)
         x = L.BatchNormalization(name=f"speech_bn{i + 1}")(x)
         x = L.ReLU(name=f"speech_relu{i + 1}")(x)
         x = L.MaxPooling2D(pool, name=f"speech_pool{i + 1}")(x)
         x = L.SpatialDropout2D(recipe.dropout / 2, name=f"speech_sdrop{i + 1}")(x)
-    t, fr, c = x.shape[1], x.shape[2], x.shape[3]                     # (12, 4, 64)
-    x = L.Reshape((t, fr * c), name="speech_to_sequence")(x)          # (12, 256)
+    t, fr, c = x.shape[1], x.shape[2], x.shape[3]                     # (12, 4, 64); freq_pool 2: (12, 8, 64)
+    x = L.Reshape((t, fr * c), name="speech_to_sequence")(x)          # (12, 256); freq_pool 2: (12, 512)
     h = L.Bidirectional(L.LSTM(recipe.lstm_units, return_sequences=True, unroll=True,
                                kernel_regularizer=reg), name="speech_bilstm")(x)   # (12, 128)
     e = L.Dense(recipe.attention_units, activation="tanh", name="speech_att_hidden")(h)
     e = L.Dense(1, use_bias=False, name="speech_att_score")(e)       # (12, 1)
     e = L.Flatten(name="speech_att_flat")(e)
     a = L.Softmax(name="speech_att_weights")(e)                     # (12,)
-    z = L.Dot(axes=(1, 1), name="speech_embedding")([a, h])           # (128,)
+    if recipe.pooling == "attention":
+        z = L.Dot(axes=(1, 1), name="speech_embedding")([a, h])       # (128,)
+    else:                                                             # weighted mean and variance: (256,)
+        mean = L.Dot(axes=(1, 1), name="speech_att_mean")([a, h])
+        sq = L.Dot(axes=(1, 1), name="speech_att_sq")([a, L.Multiply(name="speech_square")([h, h])])
+        var = L.Subtract(name="speech_att_var_raw")([sq, L.Multiply(name="speech_mean_square")([mean, mean])])
+        var = L.ReLU(name="speech_att_var")(var)                      # >= 0 whatever the rounding
+        z = L.Concatenate(name="speech_embedding")([mean, var])
     z = L.Dropout(recipe.dropout, name="speech_dropout")(z)
     out = L.Dense(p.num_classes, activation="softmax", kernel_regularizer=reg, name="speech_probs")(z)
     return keras.Model(x_in, out, name=name)
@@ -227,11 +255,19 @@ def adversary_scale(recipe: SpeechRecipe, epoch: int) -> float:
 def head_trainer(head, recipe: SpeechRecipe, n_speakers: int, p: Params = Params()):
     """The compiled model ``fit`` trains. Without an adversary the head itself; with one (recipe.speaker_adversary)
     the head plus a speaker classifier behind a gradient reversal on ``speech_embedding``: (probabilities, speaker
-    probabilities). The head's layers are shared, so its weights are the trained ones either way."""
-    if not recipe.speaker_adversary:
-        return compile_head(head, recipe, p)
+    probabilities); with recipe.aux_intensity the head plus an intensity softmax on ``speech_embedding``
+    (probabilities, intensity probabilities). The head's layers are shared, so its weights are the trained ones."""
     import keras
     from keras import layers as L
+    if recipe.aux_intensity:
+        z = L.Dense(2, activation="softmax", name="intensity_probs")(head.get_layer("speech_embedding").output)
+        trainer = keras.Model(head.input, [head.output, z], name="speech_head_intensity")
+        trainer.compile(optimizer=keras.optimizers.Adam(p.learning_rate),
+                        loss=[keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
+                              keras.losses.CategoricalCrossentropy()], loss_weights=[1.0, recipe.aux_intensity])
+        return trainer
+    if not recipe.speaker_adversary:
+        return compile_head(head, recipe, p)
     z = gradient_reversal()(head.get_layer("speech_embedding").output)
     z = L.Dense(64, activation="relu", name="speaker_hidden")(z)
     s = L.Dense(n_speakers, activation="softmax", name="speaker_probs")(z)
@@ -622,9 +658,12 @@ def _crop_groups(train_clips: np.ndarray, clip_actor: np.ndarray, pool: bool) ->
 
 
 def make_epoch(ps: PatchSet, train_clips: np.ndarray, labels: np.ndarray, std: Standardizer,
-               clip_actor: np.ndarray, r: SpeechRecipe, rng: np.random.Generator, k: int):
+               clip_actor: np.ndarray, r: SpeechRecipe, rng: np.random.Generator, k: int,
+               intensity: np.ndarray | None = None):
     """Random crops (patches_per_clip per clip), standardized, augmented: (x, y). With r.speaker_adversary, y is
-    (labels, speakers): the speakers one-hot over train_clips' speakers in sorted order, mixed up with the labels."""
+    (labels, speakers): the speakers one-hot over train_clips' speakers in sorted order, mixed up with the labels.
+    With r.aux_intensity, y is (labels, intensities): ``intensity`` (0 normal, 1 strong, per clip) one-hot, mixed up
+    with the labels."""
     rows = []
     for versions in _crop_groups(train_clips, clip_actor, r.pool_speeds):
         cand = np.flatnonzero(ps.clip == versions[0]) if len(versions) == 1 else ps.of_clips(versions)
@@ -640,6 +679,12 @@ def make_epoch(ps: PatchSet, train_clips: np.ndarray, labels: np.ndarray, std: S
         x += rng.normal(0, r.noise_std, x.shape).astype(np.float32)
     x = spec_augment(x, r, rng)
     y = np.eye(k, dtype=np.float32)[lab]
+    if r.aux_intensity:
+        if intensity is None:
+            raise ValueError("aux_intensity: the clips' intensities are needed (train_fold's intensity)")
+        s = np.eye(2, dtype=np.float32)[np.asarray(intensity)[ps.clip[rows]]]
+        (x, s), y = mixup([x, s], y, r.mixup_alpha, rng)
+        return x, (y, s)
     if not r.speaker_adversary:
         (x,), y = mixup([x], y, r.mixup_alpha, rng)
         return x, y
@@ -772,8 +817,9 @@ def fold_clips(clip_actor: np.ndarray, test_actors: list[int], n_val: int, seed:
 
 def train_fold(train_ps: PatchSet, test_ps: PatchSet, labels: np.ndarray, clip_actor: np.ndarray,
                test_actors: list[int], r: SpeechRecipe, p: Params = Params(), seed: int = 0,
-               progress: bool = True) -> dict:
-    """Train on the other actors (val actors held out of them), evaluate on test_actors."""
+               progress: bool = True, intensity: np.ndarray | None = None) -> dict:
+    """Train on the other actors (val actors held out of them), evaluate on test_actors. ``intensity``: each clip's
+    RAVDESS intensity (0 normal, 1 strong), which r.aux_intensity trains on."""
     import keras
     from tqdm import tqdm
     keras.utils.set_random_seed(seed)
@@ -786,7 +832,8 @@ def train_fold(train_ps: PatchSet, test_ps: PatchSet, labels: np.ndarray, clip_a
     selector, history = ModelSelector(r.patience, bool(len(val_clips)), 1 if r.refit else r.snapshots), []
     bar = tqdm(range(r.epochs), desc=(f"fold {test_actors[0]}-{test_actors[-1]}" if test_actors else "all actors") + f" seed {seed}", disable=not progress)
     select_clips = with_test_copies(val_clips, clip_actor, r) if r.select_with_test_speeds else val_clips
-    epochs = prefetched(r.epochs, make_epoch, train_ps, fit_clips, labels, std, clip_actor, r, rng, p.num_classes)
+    epochs = prefetched(r.epochs, make_epoch, train_ps, fit_clips, labels, std, clip_actor, r, rng, p.num_classes,
+                        intensity)
     ema = weight_ema(model, r.weight_ema) if r.weight_ema else None
     for epoch, (x, y) in zip(bar, epochs, strict=False):
         losses = fit_epoch(trainer, x, y, r, epoch, p, [ema] if ema else None)
@@ -812,7 +859,7 @@ def train_fold(train_ps: PatchSet, test_ps: PatchSet, labels: np.ndarray, clip_a
         model = build_head(r, p)
         trainer = head_trainer(model, r, len(np.unique(clip_actor[trained])), p)
         fit_epochs(trainer, model, prefetched(best_epoch, make_epoch, train_ps, trained, labels, std, clip_actor,
-                                              r, rng, p.num_classes), r, p)
+                                              r, rng, p.num_classes, intensity), r, p)
     meta = {"val_actors": val_actors, "best_epoch": best_epoch, "val_clip_accuracy": best, "history": history,
             "trained_actors": sorted(set(real_actor(clip_actor[trained]).tolist()))}   # whose labels trained it
     #                                                         (self-training then adds test clips with guessed labels)

@@ -48,6 +48,7 @@ def prepare(data: str | Path, yamnet: str, recipe: SpeechRecipe, p: Params = Par
     n_real = len(clips)
     clip_actor = np.array([c.actor for c in clips])
     labels = np.array([c.label for c in clips])
+    intensity = np.array([c.name.intensity - 1 for c in clips])     # 0 normal, 1 strong
     factors = pitch_factors(clips, recipe.pitch_norm, p, progress) if recipe.pitch_norm else {}
     mel_list = [f.log_mel for f in (_at_speed(clips, 1.0, factors, p, cache) if factors else feats)]
     # speed-perturbed copies: clip n_real k + i is clip i at the k-th speed, spoken by pseudo speaker actor +
@@ -60,6 +61,7 @@ def prepare(data: str | Path, yamnet: str, recipe: SpeechRecipe, p: Params = Par
                      for f, m in zip(sf, mel_list[:n_real], strict=True)]
         clip_actor = np.concatenate([clip_actor, clip_actor[:n_real] + PSEUDO_SPEAKER * k])
         labels = np.concatenate([labels, labels[:n_real]])
+        intensity = np.concatenate([intensity, intensity[:n_real]])
     mels = normalize_log_mel(mel_list, clip_actor, recipe.logmel_norm)
     trunk = build_trunk(weights, frames=recipe.patch_frames)
     n_train = n_real * recipe.n_training_versions()
@@ -68,7 +70,7 @@ def prepare(data: str | Path, yamnet: str, recipe: SpeechRecipe, p: Params = Par
     test_ps = train_ps if recipe.test_hop_frames == recipe.train_hop_frames and len(mels) == n_train else \
         trunk_patches(trunk, mels if recipe.test_speeds else mels[:n_real], recipe.test_hop_frames, p,
                       progress=progress, frames=recipe.patch_frames)
-    return {"clips": clips, "feats": feats, "clip_actor": clip_actor, "labels": labels,
+    return {"clips": clips, "feats": feats, "clip_actor": clip_actor, "labels": labels, "intensity": intensity,
             "train_ps": train_ps, "test_ps": test_ps,
             "skipped": skipped_names + skipped_audio, **({"mels": mels} if keep_mels else {})}
 
@@ -114,11 +116,13 @@ FIELDS_ADDED_OFF = {"freq_warp": 0.0, "refit": False, "seeds": [0], "speed_pertu
                     "pool_speeds": False, "lr_decay": "none", "select_with_test_speeds": False, "snapshots": 1,
                     "speaker_bn": False, "speaker_adversary": 0.0, "keep_tempo": False, "pitch_perturb": [],
                     "self_train": 0.0, "self_train_epochs": 8, "patch_frames": 96, "pitch_norm": 0.0,
-                    "weight_ema": 0.0}
+                    "weight_ema": 0.0, "pooling": "attention", "freq_pool": 4,
+                    "aux_intensity": 0.0}
 # of those, the ones added after fold checkpoints were written: at their off value they leave a fold's result
 # unchanged and stay out of its checkpoint key, so those checkpoints still serve the recipe
 KEY_NEUTRAL = ("snapshots", "speaker_bn", "speaker_adversary", "keep_tempo", "pitch_perturb", "self_train",
-               "self_train_epochs", "patch_frames", "pitch_norm", "weight_ema")
+               "self_train_epochs", "patch_frames", "pitch_norm", "weight_ema", "pooling", "freq_pool",
+               "aux_intensity")
 
 
 def as_json(value):
@@ -155,9 +159,11 @@ def _save_checkpoint(f: Path | None, content: dict) -> None:
 
 
 def machine_record() -> dict:
-    """Cores, Python and CPU model: the same recipe trains slightly differently on another CPU's floating point."""
-    from edge.machine import cpu_model
-    return {"cpu_count": __import__("os").cpu_count(), "python": platform.python_version(), "cpu": cpu_model()}
+    """Cores, Python and CPU model: the same recipe trains slightly differently on another CPU's floating point (and
+    at another speed: ``cpu_features``, recorded from session 20 on)."""
+    from edge.machine import cpu_features, cpu_model
+    return {"cpu_count": __import__("os").cpu_count(), "python": platform.python_version(), "cpu": cpu_model(),
+            "cpu_features": cpu_features()}
 
 
 # what a fold keeps of each training run (besides its arrays: test_rows and the probs_* of the test patches)
@@ -199,7 +205,7 @@ def _seed_run(prep: dict, recipe: SpeechRecipe, p: Params, fi: int, seed: int, p
             return {**{k: z[k] for k in z.files if k != "meta"}, **json.loads(str(z["meta"])), "from_cache": True}
     t0 = time.time()
     run = train_fold(prep["train_ps"], prep["test_ps"], prep["labels"], prep["clip_actor"], list(p.folds[fi]),
-                     recipe, p, seed, progress)
+                     recipe, p, seed, progress, prep.get("intensity"))
     run["minutes"] = (time.time() - t0) / 60
     if f is not None:
         f.parent.mkdir(parents=True, exist_ok=True)
@@ -521,6 +527,13 @@ ABLATION = (
     ("weight-ema-0.998", "recipe with a longer weight average (momentum 0.998 a batch, about 3.3 epochs, instead of "
                          "0.995): the refit tests its last epoch's average, which no selection guards",
      dict(weight_ema=0.998)),
+    ("attention-stats", "recipe with attentive statistics pooling: the attention's weighted mean of the BiLSTM steps "
+                        "and their weighted variance side by side (a 256-wide embedding, not 128)",
+     dict(pooling="attention_stats")),
+    ("freq-pool-2", "recipe with the first head conv pooling time only: 8 frequency bins reach the BiLSTM instead of 4 "
+                    "(512 features a step, 379k head parameters against 248k)", dict(freq_pool=2)),
+    ("aux-intensity-0.3", "recipe + multi-task training: a second softmax on the embedding learns each clip's "
+                          "intensity (normal or strong), its loss weighted 0.3", dict(aux_intensity=0.3)),
     ("seed-1", "the recipe with seed 1 (validation actors, initialisation and every draw) instead of 0: not a "
                "lever, a measure of run-to-run noise", dict(seeds=(1,))),
     ("test-speeds-2", "recipe, test clips voted with their 0.9x/1.1x copies only (the training speeds; the recipe "
@@ -572,6 +585,15 @@ def ablation_base(row: dict, rows: list[dict], current: dict) -> tuple[dict, dic
     match = next((b for b in rows if b["name"] != row["name"] and b["folds"] == row["folds"]
                   and recipe_as_run(b["recipe"]) == base), None)
     return differs, match
+
+
+def _other_cpu(row: dict, headline: dict) -> str:
+    """A note for a minutes cell when the row ran on a CPU other than the headline run's (rows record their machine
+    from session 20 on): two CPUs with one model name ("AMD EPYC") can train at very different speeds."""
+    m = row.get("machine")
+    if not m or m.get("cpu_features") == headline.get("machine", {}).get("cpu_features"):
+        return ""
+    return f" ({m.get('cpu', '')} {m['cpu_features']}, not the recipe run's CPU)".replace("( ", "(")
 
 
 def base_label(row: dict, ablation: list[dict]) -> str:
@@ -864,7 +886,7 @@ def speech_markdown(r: dict, ablation: list[dict], command: str, skew: dict | No
                     f"{100 * v:.2f}%" for v in a["mean_clip_accuracy_first_seeds"]) + ")"
             lines.append(f"| {a['name']} | {a['change']} | {base} | {a['folds']} | "
                          f"{100 * a['mean_clip_accuracy']:.2f}%{paired} | {_patch_acc(a)} | "
-                         f"{a.get('cv_minutes', a['minutes']):.1f} |")
+                         f"{a.get('cv_minutes', a['minutes']):.1f}{_other_cpu(a, r)} |")
     lines += ["", "## What limits it", ""] + limits(r, ablation, skew)
     lines += ["", "Recipe: `" + json.dumps(r["recipe"]) + "`", "", f"Folds (actors): {r['folds_map']}", ""]
     return "\n".join(lines)
@@ -1058,6 +1080,9 @@ LEVER_TEXT = {
     "fixed-12ep": "vs. 12 fixed epochs on all 18 training actors, no selection run",
     "fixed-12ep-ensemble-2": "vs. a 2-seed ensemble of fixed 12-epoch runs",
     "weight-ema-0.998": "vs. a longer weight average (momentum 0.998)",
+    "attention-stats": "vs. attentive statistics pooling (weighted mean and variance)",
+    "freq-pool-2": "vs. 8 frequency bins into the BiLSTM instead of 4",
+    "aux-intensity-0.3": "vs. learning the intensity beside the emotion (multi-task, weight 0.3)",
 }
 
 
