@@ -136,7 +136,8 @@ def test_an_interrupted_cv_resumes_after_its_last_finished_fold(tmp_path, monkey
     assert cv.checkpoint_file(tmp_path, prep, recipe, Params(), "fold", 0) == key   # a recipe from before a lever
     turned_on = {"snapshots": 3, "speaker_bn": True, "speaker_adversary": 0.3, "keep_tempo": True,
                  "pitch_perturb": (0.9,), "self_train": 0.5, "self_train_epochs": 3,
-                 "patch_frames": 144, "pitch_norm": 0.5, "weight_ema": 0.99}
+                 "patch_frames": 144, "pitch_norm": 0.5, "weight_ema": 0.99, "pooling": "attention_stats",
+                 "freq_pool": 2, "aux_intensity": 0.3}
     assert set(turned_on) == set(cv.KEY_NEUTRAL)                         # a lever added later needs its line here
     for field, value in turned_on.items():                              # ... turned on: another key
         on = recipe.replace(**{field: value})
@@ -157,7 +158,7 @@ def test_an_ensemble_of_seeds_reuses_the_runs_it_shares_with_a_smaller_one(tmp_p
             "test_ps": PatchSet(np.zeros((2 * n, 1), np.float16), np.repeat(np.arange(n), 2), np.zeros(2 * n, int))}
     trained = []
 
-    def fake_train(train_ps, test_ps, labels, clip_actor, test_actors, r, p, seed, progress):
+    def fake_train(train_ps, test_ps, labels, clip_actor, test_actors, r, p, seed, progress, intensity=None):
         trained.append(seed)
         rows = test_ps.of_clips(np.flatnonzero(np.isin(clip_actor, test_actors)))
         probs = np.full((len(rows), 8), 0.1)
@@ -510,7 +511,7 @@ def test_a_fold_votes_test_copies_for_their_recorded_clip_in_every_paired_figure
     run_rows = np.concatenate([tst, tst + n, tst + 3 * n])             # recorded, 0.9x and 0.85x (one patch each)
     probs = np.random.default_rng(0).random((len(run_rows), 8))
 
-    def fake_train(train_ps, test_ps, labels, clip_actor, test_actors, r, p, seed, progress):
+    def fake_train(train_ps, test_ps, labels, clip_actor, test_actors, r, p, seed, progress, intensity=None):
         return {"probs": probs, "test_rows": run_rows, "val_actors": [7], "best_epoch": 1,
                 "val_clip_accuracy": 0.5, "clip_accuracy": 0.0}
     monkeypatch.setattr(cv, "train_fold", fake_train)
