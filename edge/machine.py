@@ -18,15 +18,15 @@ def cpu_model() -> str:
 
 def cpu_features() -> str:
     """x86 family, model and widest vector extension from /proc/cpuinfo, e.g. "family 25 model 1, AVX2": CPUs that
-    share a model name ("AMD EPYC") can differ by 2-3x in training speed. Empty where /proc/cpuinfo has no such
+    share a model name ("AMD EPYC") can train at very different speeds. Empty where /proc/cpuinfo has no such
     fields (a Pi)."""
     try:
         fields: dict[str, str] = {}
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            k, _, v = line.partition(":")
-            fields.setdefault(k.strip().lower(), v.strip())
             if not line.strip() and fields:
                 break                                  # the first processor's block is enough
+            k, _, v = line.partition(":")
+            fields.setdefault(k.strip().lower(), v.strip())
     except OSError:
         return ""
     if "cpu family" not in fields:

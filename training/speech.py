@@ -257,24 +257,21 @@ def head_trainer(head, recipe: SpeechRecipe, n_speakers: int, p: Params = Params
     the head plus a speaker classifier behind a gradient reversal on ``speech_embedding``: (probabilities, speaker
     probabilities); with recipe.aux_intensity the head plus an intensity softmax on ``speech_embedding``
     (probabilities, intensity probabilities). The head's layers are shared, so its weights are the trained ones."""
+    if not recipe.speaker_adversary and not recipe.aux_intensity:
+        return compile_head(head, recipe, p)
     import keras
     from keras import layers as L
+    z = head.get_layer("speech_embedding").output
     if recipe.aux_intensity:
-        z = L.Dense(2, activation="softmax", name="intensity_probs")(head.get_layer("speech_embedding").output)
-        trainer = keras.Model(head.input, [head.output, z], name="speech_head_intensity")
-        trainer.compile(optimizer=keras.optimizers.Adam(p.learning_rate),
-                        loss=[keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
-                              keras.losses.CategoricalCrossentropy()], loss_weights=[1.0, recipe.aux_intensity])
-        return trainer
-    if not recipe.speaker_adversary:
-        return compile_head(head, recipe, p)
-    z = gradient_reversal()(head.get_layer("speech_embedding").output)
-    z = L.Dense(64, activation="relu", name="speaker_hidden")(z)
-    s = L.Dense(n_speakers, activation="softmax", name="speaker_probs")(z)
-    trainer = keras.Model(head.input, [head.output, s], name="speech_head_adversarial")
+        second, name, weight = L.Dense(2, activation="softmax", name="intensity_probs")(z), "intensity", \
+            recipe.aux_intensity
+    else:
+        z = L.Dense(64, activation="relu", name="speaker_hidden")(gradient_reversal()(z))
+        second, name, weight = L.Dense(n_speakers, activation="softmax", name="speaker_probs")(z), "adversarial", 1.0
+    trainer = keras.Model(head.input, [head.output, second], name=f"speech_head_{name}")
     trainer.compile(optimizer=keras.optimizers.Adam(p.learning_rate),
                     loss=[keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
-                          keras.losses.CategoricalCrossentropy()])
+                          keras.losses.CategoricalCrossentropy()], loss_weights=[1.0, weight])
     return trainer
 
 
