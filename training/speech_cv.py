@@ -593,7 +593,7 @@ def _other_cpu(row: dict, headline: dict) -> str:
     m = row.get("machine")
     if not m or m.get("cpu_features") == headline.get("machine", {}).get("cpu_features"):
         return ""
-    return f" ({m.get('cpu', '')} {m['cpu_features']}, not the recipe run's CPU)".replace("( ", "(")
+    return f" ({' '.join(filter(None, (m.get('cpu'), m['cpu_features'])))}, not the recipe run's CPU)"
 
 
 def base_label(row: dict, ablation: list[dict]) -> str:
